@@ -1,0 +1,119 @@
+"""The frozen-expert contract used by the embedder and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+# Bump when the embedding an expert returns for the same content could change
+# (preprocessing, pooling, dtype): old cache entries then stop matching.
+CACHE_FORMAT_VERSION = 1
+
+
+class BaseExpert(BaseEstimator, ABC):
+    """A frozen pretrained model that embeds one kind of item.
+
+    Experts are stateless from scikit-learn's point of view: ``__init__`` only
+    stores parameters, the model is loaded lazily on first need (``_load``), and
+    pickling drops the loaded model so that it is re-loaded after unpickling.
+
+    Subclasses implement ``kind``, ``name``, ``_fingerprint_parts``,
+    ``output_dim``, ``content_key``, ``read``, ``_load`` and ``_embed``.
+    """
+
+    #: ``"image"`` or ``"text"``.
+    kind: str = ""
+
+    # -- identity -----------------------------------------------------------
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Short name used in column names (no ``__``)."""
+
+    @abstractmethod
+    def _fingerprint_parts(self) -> dict:
+        """What determines the embedding: model name, weights hash, preprocessing.
+
+        Must not load the model.
+        """
+
+    def fingerprint(self) -> str:
+        """Hex digest identifying this expert's embeddings, for the cache.
+
+        Combines the model name, a hash of its weights, the preprocessing
+        configuration and :data:`CACHE_FORMAT_VERSION`. It never loads the model.
+        """
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is None:
+            parts = dict(self._fingerprint_parts())
+            parts["cache_format_version"] = CACHE_FORMAT_VERSION
+            parts["class"] = type(self).__name__
+            text = repr(sorted(parts.items()))
+            cached = hashlib.sha256(text.encode()).hexdigest()
+            self.__dict__["_fingerprint_cache"] = cached
+        return cached
+
+    @property
+    @abstractmethod
+    def output_dim(self) -> int:
+        """Embedding width; may build the architecture but not load weights."""
+
+    # -- items --------------------------------------------------------------
+    @abstractmethod
+    def content_key(self, item: Any) -> str:
+        """Hex digest of an item's content (file bytes, pixels, or text).
+
+        The same content under two paths gives the same key. Raises
+        :class:`~medmix_sklearn.exceptions.ItemReadError` if the item cannot
+        be read.
+        """
+
+    @abstractmethod
+    def read(self, item: Any) -> Any:
+        """Decode an item into what ``_embed`` takes; raise ItemReadError on failure."""
+
+    # -- model --------------------------------------------------------------
+    @abstractmethod
+    def _load(self, device: str) -> Any:
+        """Build the model in eval mode on ``device`` and return it."""
+
+    def _get_model(self, device: str):
+        model = self.__dict__.get("_model")
+        if model is None or self.__dict__.get("_model_device") != device:
+            model = self._load(device)
+            self.__dict__["_model"] = model
+            self.__dict__["_model_device"] = device
+        return model
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is currently loaded in this process."""
+        return self.__dict__.get("_model") is not None
+
+    def embed(self, items: list, *, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
+        """Embed decoded items (the output of ``read``).
+
+        Returns
+        -------
+        embeddings : ndarray of shape (len(items), output_dim), dtype float32
+        """
+        if len(items) == 0:
+            return np.empty((0, self.output_dim), dtype=np.float32)
+        model = self._get_model(device)
+        out = self._embed(model, items, device=device, batch_size=batch_size)
+        return np.asarray(out, dtype=np.float32)
+
+    @abstractmethod
+    def _embed(self, model, items: list, *, device: str, batch_size: int) -> np.ndarray:
+        """Embed one list of decoded items with a loaded model."""
+
+    # -- pickling -----------------------------------------------------------
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_model", "_model_device"):
+            state.pop(key, None)
+        return state
