@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -12,6 +14,19 @@ from sklearn.base import BaseEstimator
 # Bump when the embedding an expert returns for the same content could change
 # (preprocessing, pooling, dtype): old cache entries then stop matching.
 CACHE_FORMAT_VERSION = 1
+
+
+def sanitize_name(model: str) -> str:
+    """Turn a model name or path into a valid block name (see ``check_block_name``)."""
+    text = str(model)
+    if text.startswith("hf-hub:"):
+        text = text[len("hf-hub:") :]
+    text = text.rstrip("/\\")
+    text = re.split(r"[/\\]", text)[-1] or "expert"
+    text = re.sub(r"[^A-Za-z0-9_.\-]", "-", text)
+    text = re.sub(r"_{2,}", "_", text)
+    text = text.lstrip("_.-").rstrip("_")
+    return text or "expert"
 
 
 class BaseExpert(BaseEstimator, ABC):
@@ -29,10 +44,30 @@ class BaseExpert(BaseEstimator, ABC):
     kind: str = ""
 
     # -- identity -----------------------------------------------------------
+    # ``name`` is both a constructor parameter (None by default) and the resolved
+    # name used in column names; ``get_params`` reports it as given.
     @property
-    @abstractmethod
     def name(self) -> str:
-        """Short name used in column names (no ``__``)."""
+        """Name used in column names: the ``name`` parameter, or one derived from ``model``."""
+        given = self.__dict__.get("_name")
+        return given if given is not None else sanitize_name(os.fspath(self.model))
+
+    @name.setter
+    def name(self, value) -> None:
+        self.__dict__["_name"] = value
+
+    def get_params(self, deep=True):
+        """Constructor parameters; ``name`` is reported as given (None by default)."""
+        params = super().get_params(deep=deep)
+        params["name"] = self.__dict__.get("_name")
+        return params
+
+    def set_params(self, **params):
+        """Set parameters; forgets the loaded model and the cached fingerprint."""
+        super().set_params(**params)
+        for key in ("_model", "_model_device", "_fingerprint_cache"):
+            self.__dict__.pop(key, None)
+        return self
 
     @abstractmethod
     def _fingerprint_parts(self) -> dict:
