@@ -1,0 +1,6 @@
+"""Turning a multimodal DataFrame into the block layout, with an embedding cache."""
+
+from ._cache import EmbeddingCache
+from ._embedder import MultimodalExpertEmbedder
+
+__all__ = ["EmbeddingCache", "MultimodalExpertEmbedder"]
