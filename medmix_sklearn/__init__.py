@@ -7,4 +7,18 @@ modalities; :class:`MedMIXClassifier` fuses experts and modalities with learned,
 per-sample weights.
 """
 
+from .embedding import EmbeddingCache, MultimodalExpertEmbedder
+from .experts import ImageExpert, TextExpert, list_presets
+from .fusion import MedMIXClassifier
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "EmbeddingCache",
+    "ImageExpert",
+    "MedMIXClassifier",
+    "MultimodalExpertEmbedder",
+    "TextExpert",
+    "__version__",
+    "list_presets",
+]

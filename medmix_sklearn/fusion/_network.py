@@ -1,0 +1,254 @@
+"""The MedMIX fusion network: pure torch, no scikit-learn.
+
+Input is one float tensor ``x`` whose columns are the blocks laid side by side
+(block ``b`` occupies ``block_dims[b]`` consecutive columns) and a boolean
+``mask`` of shape ``(n_samples, n_blocks)`` that says which blocks are present.
+NaN must already have been replaced (the classifier writes 0); the network
+additionally zeroes every absent block, so whatever finite values an absent
+block holds cannot change any output.
+
+Per expert block: ``LayerNorm -> Linear(hidden_dim) -> GELU -> Dropout`` gives
+one token (tabular blocks skip the LayerNorm: a row-wise norm over a handful
+of unrelated clinical variables would erase their scale). The experts of one
+modality are pooled with per-sample weights over the experts present
+("gate": masked softmax of a learned score; "mean": uniform). Modality tokens
+plus learned modality-type embeddings are pooled with per-sample weights over
+the modalities present ("attention", "gate", "mean"), or concatenated with
+zeros and the presence mask ("concat", the non-masked baseline). A row with no
+modality present gets a learned null representation, hence the learned prior.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+EXPERT_FUSIONS = ("gate", "mean")
+MODALITY_FUSIONS = ("attention", "gate", "mean", "concat")
+
+
+class FusionOutput(NamedTuple):
+    """What :meth:`MedMIXNetwork.forward` returns.
+
+    ``forward`` returns the plain tuple (skorch concatenates each field over
+    batches and rebuilds tuples with ``type(x)(generator)``, which a
+    NamedTuple does not accept); ``FusionOutput(*out)`` names the fields.
+    """
+
+    logits: torch.Tensor  # (n, n_classes)
+    aux_logits: torch.Tensor  # (n, n_modalities, n_classes)
+    expert_weights: torch.Tensor  # (n, n_blocks), sum to 1 within a present modality
+    modality_weights: torch.Tensor  # (n, n_modalities), sum to 1 over present ones
+    modality_mask: torch.Tensor  # (n, n_modalities) float, presence before dropout
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the entries where ``mask`` is true; exactly 0 elsewhere.
+
+    A slice with no true entry gives all zeros (never NaN).
+    """
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=dim) * mask.to(scores.dtype)
+
+
+def masked_uniform(mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Uniform weights over the true entries of ``mask``; all zeros if none."""
+    m = mask.to(torch.get_default_dtype())
+    return m / m.sum(dim=dim, keepdim=True).clamp_min(1.0)
+
+
+class ExpertEncoder(nn.Module):
+    """One expert block to one ``hidden_dim`` token."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, dropout: float, *, norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
+        self.proj = nn.Linear(in_dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.proj(self.norm(x))))
+
+
+class MedMIXNetwork(nn.Module):
+    """Expert fusion within modalities, then fusion across the modalities present.
+
+    Parameters
+    ----------
+    block_dims : sequence of int
+        Width of each block in ``x``, in column order.
+    block_modality : sequence of int
+        Modality index (``0 .. n_modalities - 1``) of each block; the blocks of
+        one modality need not be adjacent.
+    block_norm : sequence of bool
+        Whether each block gets a LayerNorm (expert embeddings) or not (tabular).
+    n_classes : int
+        Number of output logits.
+    hidden_dim : int
+        Token width.
+    expert_fusion : {"gate", "mean"}
+    modality_fusion : {"attention", "gate", "mean", "concat"}
+    dropout : float
+        Dropout on tokens and before the head.
+    modality_dropout : float
+        Probability, in training, of dropping each present modality of a row;
+        at least one present modality is always kept.
+    """
+
+    def __init__(
+        self,
+        block_dims: Sequence[int],
+        block_modality: Sequence[int],
+        block_norm: Sequence[bool],
+        n_classes: int,
+        hidden_dim: int = 64,
+        expert_fusion: str = "gate",
+        modality_fusion: str = "attention",
+        dropout: float = 0.1,
+        modality_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if expert_fusion not in EXPERT_FUSIONS:
+            raise ValueError(f"expert_fusion must be one of {EXPERT_FUSIONS}; got {expert_fusion!r}.")
+        if modality_fusion not in MODALITY_FUSIONS:
+            raise ValueError(
+                f"modality_fusion must be one of {MODALITY_FUSIONS}; got {modality_fusion!r}."
+            )
+        if not (len(block_dims) == len(block_modality) == len(block_norm)) or not block_dims:
+            raise ValueError("block_dims, block_modality and block_norm must be equally long and non-empty.")
+        n_modalities = max(block_modality) + 1
+        if sorted(set(block_modality)) != list(range(n_modalities)):
+            raise ValueError(f"block_modality must cover 0..n_modalities-1; got {list(block_modality)}.")
+
+        self.block_dims = [int(d) for d in block_dims]
+        self.n_modalities = n_modalities
+        self.n_blocks = len(self.block_dims)
+        self.hidden_dim = hidden_dim
+        self.expert_fusion = expert_fusion
+        self.modality_fusion = modality_fusion
+        self.modality_dropout = float(modality_dropout)
+
+        self.encoders = nn.ModuleList(
+            ExpertEncoder(d, hidden_dim, dropout, norm=bool(n))
+            for d, n in zip(self.block_dims, block_norm)
+        )
+        # One-hot (n_blocks, n_modalities) membership: pooling experts into
+        # modalities is a batched einsum rather than a loop over modalities.
+        member = torch.zeros(self.n_blocks, n_modalities)
+        member[torch.arange(self.n_blocks), torch.as_tensor(list(block_modality))] = 1.0
+        self.register_buffer("membership", member, persistent=False)
+        # Per-expert gate: a score from the token, plus a learned per-expert bias.
+        self.expert_score = nn.ModuleList(nn.Linear(hidden_dim, 1) for _ in range(self.n_blocks))
+
+        self.modality_embedding = nn.Parameter(torch.zeros(n_modalities, hidden_dim))
+        nn.init.normal_(self.modality_embedding, std=0.02)
+        self.null_token = nn.Parameter(torch.zeros(hidden_dim))
+        if modality_fusion == "attention":
+            self.query = nn.Parameter(torch.randn(hidden_dim) / math.sqrt(hidden_dim))
+            self.key = nn.Linear(hidden_dim, hidden_dim)
+            self.value = nn.Linear(hidden_dim, hidden_dim)
+        elif modality_fusion == "gate":
+            self.gate = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 1))
+        elif modality_fusion == "concat":
+            self.concat_proj = nn.Sequential(
+                nn.Linear(n_modalities * hidden_dim + n_modalities, hidden_dim), nn.GELU()
+            )
+        self.head = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        # Auxiliary unimodal heads, all modalities at once: (M, h, C).
+        self.aux_head_weight = nn.Parameter(torch.empty(n_modalities, hidden_dim, n_classes))
+        self.aux_head_bias = nn.Parameter(torch.zeros(n_modalities, n_classes))
+        nn.init.normal_(self.aux_head_weight, std=1.0 / math.sqrt(hidden_dim))
+
+    # -- pieces -----------------------------------------------------------
+    def _expert_tokens(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (n, B, h) with absent blocks zeroed, and gate scores (n, B)."""
+        tokens, scores = [], []
+        for b, xb in enumerate(torch.split(x, self.block_dims, dim=1)):
+            present = mask[:, b : b + 1].to(xb.dtype)
+            # Multiplying by the 0/1 mask (cheaper than torch.where) zeroes any
+            # finite value in an absent block, before and after the encoder.
+            token = self.encoders[b](xb * present) * present
+            tokens.append(token)
+            scores.append(self.expert_score[b](token))
+        return torch.stack(tokens, dim=1), torch.cat(scores, dim=1)
+
+    def _expert_weights(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights (n, B) that sum to 1 within each present modality."""
+        member = self.membership.bool()  # (B, M)
+        # (n, B, M): a block's score counts only in its own modality's softmax.
+        allowed = mask.unsqueeze(2) & member.unsqueeze(0)
+        if self.expert_fusion == "gate":
+            w = masked_softmax(scores.unsqueeze(2).expand_as(allowed), allowed, dim=1)
+        else:
+            w = masked_uniform(allowed, dim=1).to(scores.dtype)
+        return w.sum(dim=2)
+
+    def _drop_modalities(self, mod_mask: torch.Tensor) -> torch.Tensor:
+        """Drop present modalities at random, keeping at least one per row."""
+        drop = torch.rand(mod_mask.shape, device=mod_mask.device) < self.modality_dropout
+        kept = mod_mask & ~drop
+        emptied = mod_mask.any(dim=1) & ~kept.any(dim=1)
+        if emptied.any():
+            # Restore one present modality, chosen uniformly, for emptied rows.
+            pick = torch.rand(mod_mask.shape, device=mod_mask.device).masked_fill(~mod_mask, -1.0)
+            one = nn.functional.one_hot(pick.argmax(dim=1), self.n_modalities).bool()
+            kept = kept | (one & emptied.unsqueeze(1))
+        return kept
+
+    def _fuse_modalities(self, tokens: torch.Tensor, mod_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused representation (n, h) and modality weights (n, M)."""
+        typed = tokens + self.modality_embedding.unsqueeze(0)
+        if self.modality_fusion == "attention":
+            keys = self.key(typed)
+            scores = keys @ self.query / math.sqrt(self.hidden_dim)
+            weights = masked_softmax(scores, mod_mask, dim=1)
+            fused = torch.einsum("nm,nmh->nh", weights, self.value(typed))
+        elif self.modality_fusion == "gate":
+            weights = masked_softmax(self.gate(typed).squeeze(2), mod_mask, dim=1)
+            fused = torch.einsum("nm,nmh->nh", weights, typed)
+        elif self.modality_fusion == "mean":
+            weights = masked_uniform(mod_mask, dim=1).to(tokens.dtype)
+            fused = torch.einsum("nm,nmh->nh", weights, typed)
+        else:  # concat: zeros for absent modalities, plus the mask itself
+            m = mod_mask.to(tokens.dtype)
+            flat = (typed * m.unsqueeze(2)).flatten(1)
+            fused = self.concat_proj(torch.cat([flat, m], dim=1))
+            # No learned weighting exists; report uniform over present modalities.
+            weights = masked_uniform(mod_mask, dim=1).to(tokens.dtype)
+        any_present = mod_mask.any(dim=1, keepdim=True)
+        fused = torch.where(any_present, fused, self.null_token.unsqueeze(0).expand_as(fused))
+        return fused, weights
+
+    # -- forward ----------------------------------------------------------
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run the network.
+
+        Parameters
+        ----------
+        x : tensor of shape (n_samples, sum(block_dims))
+            Finite values; absent blocks may hold anything finite.
+        mask : bool tensor of shape (n_samples, n_blocks)
+            Which blocks are present.
+
+        Returns
+        -------
+        output : tuple of tensors
+            The fields of :class:`FusionOutput`, in order.
+        """
+        mask = mask.bool()
+        tokens, scores = self._expert_tokens(x, mask)
+        expert_weights = self._expert_weights(scores, mask)
+        # (n, M, h): weighted sum of each modality's expert tokens.
+        mod_tokens = torch.einsum("nb,bm,nbh->nmh", expert_weights, self.membership.to(x.dtype), tokens)
+        mod_mask = (mask.to(x.dtype) @ self.membership.to(x.dtype)) > 0
+        fuse_mask = mod_mask
+        if self.training and self.modality_dropout > 0:
+            fuse_mask = self._drop_modalities(mod_mask)
+        fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
+        logits = self.head(fused)
+        aux_logits = torch.einsum("nmh,mhc->nmc", mod_tokens, self.aux_head_weight) + self.aux_head_bias
+        return (logits, aux_logits, expert_weights, modality_weights, mod_mask.to(x.dtype))
