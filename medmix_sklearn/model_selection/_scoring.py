@@ -1,0 +1,268 @@
+"""Scores per availability pattern and per number of modalities present.
+
+An overall AUROC can hide a model that fails whenever a modality is missing.
+:func:`make_pattern_scorers` gives one scorer per subset (usable as
+``cross_validate(scoring=...)``) and :func:`missingness_report` tabulates
+AUROC and AUPRC per pattern and per count for a fitted model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ._split import _resolve_modalities, availability_patterns, pattern_labels
+
+__all__ = ["PatternScorer", "make_pattern_scorers", "missingness_report"]
+
+_METRICS = {"roc_auc": roc_auc_score, "average_precision": average_precision_score}
+_ALIASES = {"auroc": "roc_auc", "auprc": "average_precision", "roc_auc": "roc_auc",
+            "average_precision": "average_precision"}
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in _ALIASES:
+        raise ValueError(
+            f"metric must be one of {sorted(_ALIASES)}. Got {metric!r} instead."
+        )
+    return _ALIASES[metric]
+
+
+def _scores(estimator, X) -> np.ndarray:
+    """Class scores, shape (n, n_classes) (binary: the positive column only kept later)."""
+    if hasattr(estimator, "predict_proba"):
+        return np.asarray(estimator.predict_proba(X))
+    scores = np.asarray(estimator.decision_function(X))
+    if scores.ndim == 1:
+        scores = np.column_stack([-scores, scores])
+    return scores
+
+
+def _subset_score(metric: str, y: np.ndarray, scores: np.ndarray, classes) -> float:
+    """Binary score, or one-vs-rest macro average; NaN when undefined.
+
+    A class only counts in the macro average when the subset has both
+    positives and negatives for it; with none such the score is NaN.
+    """
+    func = _METRICS[metric]
+    classes = np.asarray(classes)
+    if len(classes) == 2:
+        pos = y == classes[1]
+        if pos.all() or not pos.any():
+            return float("nan")
+        return float(func(pos, scores[:, 1]))
+    values = []
+    for k, cls in enumerate(classes):
+        pos = y == cls
+        if pos.any() and not pos.all():
+            values.append(func(pos, scores[:, k]))
+    return float(np.mean(values)) if values else float("nan")
+
+
+class _PredictionCache:
+    """Remembers the last (estimator, X) -> scores, so a dict of scorers predicts once.
+
+    ``cross_validate`` calls every scorer of the dict with the same fitted
+    estimator and the same test fold object; identity (``is``) is checked on
+    strongly held references, so a recycled ``id`` cannot give stale scores.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: np.ndarray | None = None
+
+    def get(self, estimator, X) -> np.ndarray:
+        if self._key is not None and self._key[0] is estimator and self._key[1] is X:
+            return self._value
+        value = _scores(estimator, X)
+        self._key, self._value = (estimator, X), value
+        return value
+
+    def clear(self) -> None:
+        self._key = self._value = None
+
+    def __getstate__(self):  # a pickled copy (joblib worker) starts empty
+        return {"_key": None, "_value": None}
+
+
+class PatternScorer:
+    """Score a classifier on the rows with a given availability subset.
+
+    Parameters
+    ----------
+    metric : {"roc_auc", "average_precision"}
+        Binary score, or the one-vs-rest macro average for multiclass.
+    modalities : list of tuples, MultimodalExpertEmbedder, dict or None
+        How the availability pattern is read from ``X``; see
+        :func:`~medmix_sklearn.model_selection.availability_patterns`.
+    n_present : int or None, default=None
+        Keep the rows with exactly this many modalities present.
+    pattern : str or None, default=None
+        Keep the rows with exactly this pattern, named as ``"xray+labs"``
+        (modality names joined by ``+`` in their order; ``"none"``).
+
+    Notes
+    -----
+    Call as ``scorer(estimator, X, y)``. Returns NaN when the subset is empty
+    or holds a single class, so ``cross_validate`` keeps going; average the
+    folds with ``np.nanmean``.
+    """
+
+    def __init__(self, metric="roc_auc", modalities=None, *, n_present=None, pattern=None,
+                 _cache=None):
+        self.metric = _check_metric(metric)
+        self.modalities = modalities
+        self.n_present = n_present
+        self.pattern = pattern
+        self._cache = _cache if _cache is not None else _PredictionCache()
+
+    def __repr__(self) -> str:
+        what = (
+            f"n_present={self.n_present}" if self.n_present is not None
+            else f"pattern={self.pattern!r}" if self.pattern is not None else "all rows"
+        )
+        return f"PatternScorer({self.metric!r}, {what})"
+
+    def _mask(self, X) -> np.ndarray:
+        patterns = availability_patterns(X, self.modalities)
+        mask = np.ones(len(patterns), dtype=bool)
+        if self.n_present is not None:
+            mask &= patterns.to_numpy().sum(axis=1) == self.n_present
+        if self.pattern is not None:
+            mask &= pattern_labels(patterns) == self.pattern
+        return mask
+
+    def __call__(self, estimator, X, y) -> float:
+        y = np.asarray(y)
+        mask = self._mask(X)
+        if not mask.any():
+            return float("nan")
+        scores = self._cache.get(estimator, X)
+        return _subset_score(self.metric, y[mask], scores[mask], estimator.classes_)
+
+
+def make_pattern_scorers(modalities=None, metric="roc_auc", *, counts=None, patterns=None,
+                         include_overall=True):
+    """Scorers per number of modalities present (and per pattern), for ``cross_validate``.
+
+    Parameters
+    ----------
+    modalities : list of tuples, MultimodalExpertEmbedder, dict or None, default=None
+        How the availability pattern is read from ``X``; see
+        :func:`~medmix_sklearn.model_selection.availability_patterns`. Give
+        the embedder (or its entries) when the scored estimator is a Pipeline
+        fed the raw table; leave None for an embedded matrix with block-layout
+        column names.
+    metric : {"roc_auc", "average_precision"}, default="roc_auc"
+        ``"auroc"`` and ``"auprc"`` are accepted as aliases. Multiclass
+        problems use the one-vs-rest macro average.
+    counts : iterable of int or None, default=None
+        Numbers of present modalities to score. Default: ``1 .. n`` where
+        ``n`` is the number of modalities in ``modalities``; required when
+        ``modalities`` is None (the count is then unknown until ``X`` is seen).
+    patterns : iterable of str or None, default=None
+        Availability patterns to score as well, named as in
+        :func:`~medmix_sklearn.model_selection.pattern_labels`
+        (``"xray+labs"``).
+    include_overall : bool, default=True
+        Also score all rows under the key ``metric``.
+
+    Returns
+    -------
+    scorers : dict of str to callable
+        Keys ``"{metric}"``, ``"{metric}_n{k}"`` and ``"{metric}_{pattern}"``;
+        each value is called as ``scorer(estimator, X, y)`` and returns NaN
+        when its subset is empty or holds a single class. The scorers share a
+        prediction cache, so each fold is predicted once.
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import cross_validate
+    >>> scoring = make_pattern_scorers(counts=[1, 2])  # doctest: +SKIP
+    >>> cross_validate(clf, X_embedded, y, scoring=scoring)  # doctest: +SKIP
+    """
+    metric = _check_metric(metric)
+    if counts is None:
+        kind, spec = _resolve_modalities(modalities)
+        if kind is None:
+            raise ValueError(
+                "make_pattern_scorers needs counts=... when modalities is None: the "
+                "number of modalities is unknown until X is seen. Got counts=None."
+            )
+        counts = range(1, len(spec) + 1)
+    cache = _PredictionCache()
+    scorers = {}
+    if include_overall:
+        scorers[metric] = PatternScorer(metric, modalities, _cache=cache)
+    for k in counts:
+        scorers[f"{metric}_n{int(k)}"] = PatternScorer(
+            metric, modalities, n_present=int(k), _cache=cache
+        )
+    for pattern in patterns or ():
+        scorers[f"{metric}_{pattern}"] = PatternScorer(
+            metric, modalities, pattern=str(pattern), _cache=cache
+        )
+    return scorers
+
+
+def missingness_report(estimator, X, y, modalities=None, *,
+                       metrics=("roc_auc", "average_precision")):
+    """AUROC and AUPRC of a fitted classifier per availability pattern and per count.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+        Anything with ``predict_proba`` (or ``decision_function``) and
+        ``classes_``: a Pipeline on the raw table, or a classifier on an
+        embedded matrix.
+    X : DataFrame or array-like of shape (n_samples, n_features)
+        Held-out data, as the estimator takes it.
+    y : array-like of shape (n_samples,)
+        True labels.
+    modalities : list of tuples, MultimodalExpertEmbedder, dict or None, default=None
+        How the availability pattern is read from ``X``; see
+        :func:`~medmix_sklearn.model_selection.availability_patterns`.
+    metrics : tuple of str, default=("roc_auc", "average_precision")
+        Columns to compute.
+
+    Returns
+    -------
+    report : DataFrame
+        Index: a MultiIndex ``(level, subset)`` with ``level`` in ``"all"``,
+        ``"n_modalities"`` (subset: the count) and ``"pattern"`` (subset: the
+        pattern name, ``"xray+labs"``). Columns: ``n`` (rows), ``prevalence``
+        (fraction of the positive class ``classes_[1]`` for a binary problem;
+        for multiclass, the fraction of the subset's most frequent class),
+        ``n_classes`` (classes present in the subset), then one column per
+        metric (NaN where undefined: a subset with a single class).
+    """
+    metrics = [_check_metric(m) for m in metrics]
+    y = np.asarray(y)
+    classes = np.asarray(estimator.classes_)
+    scores = _scores(estimator, X)
+    patterns = availability_patterns(X, modalities)
+    names = pattern_labels(patterns)
+    counts = patterns.to_numpy().sum(axis=1)
+
+    subsets = [("all", "all", np.ones(len(y), dtype=bool))]
+    for k in sorted(set(counts.tolist()), reverse=True):
+        subsets.append(("n_modalities", str(k), counts == k))
+    order = pd.Series(names).value_counts(sort=True)
+    for name in order.index:
+        subsets.append(("pattern", name, names == name))
+
+    rows, index = [], []
+    for level, label, mask in subsets:
+        ys = y[mask]
+        if len(classes) == 2:
+            prevalence = float(np.mean(ys == classes[1]))
+        else:
+            prevalence = float(pd.Series(ys).value_counts(normalize=True).iloc[0])
+        row = {"n": int(mask.sum()), "prevalence": prevalence,
+               "n_classes": int(len(np.unique(ys)))}
+        for metric in metrics:
+            row[metric] = _subset_score(metric, ys, scores[mask], classes)
+        rows.append(row)
+        index.append((level, label))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["level", "subset"]))
