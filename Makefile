@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,9 +21,17 @@ $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.stamp-weights
-	$(BIN)/python examples/demo_cross_val.py
+	$(BIN)/medmix demo --out demo_output
 
-test: $(VENV)/.stamp-test
+# The report test renders HTML in headless Chromium (Debian package `chromium`).
+# Installed when apt-get is usable; without it that one test is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed and apt-get not usable: the browser test will be skipped"; fi; }
+
+test: $(VENV)/.stamp-test chromium
 	$(BIN)/python -m pytest -q
 
 clean:

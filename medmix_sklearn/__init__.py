@@ -9,7 +9,9 @@ per-sample weights.
 
 from .embedding import EmbeddingCache, MultimodalExpertEmbedder
 from .experts import ImageExpert, TextExpert, list_presets
+from ._provenance import describe_model, load_model, save_model
 from .fusion import MedMIXClassifier
+from .report import write_report
 
 __version__ = "0.1.0"
 
@@ -20,5 +22,9 @@ __all__ = [
     "MultimodalExpertEmbedder",
     "TextExpert",
     "__version__",
+    "describe_model",
     "list_presets",
+    "load_model",
+    "save_model",
+    "write_report",
 ]
