@@ -1,0 +1,969 @@
+"""MultimodalExpertEmbedder: a clinical DataFrame in, the block layout out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import (
+    _check_feature_names_in,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
+
+from .._layout import (
+    SEP,
+    TABULAR_EXPERT,
+    TEACHER,
+    Block,
+    check_block_name,
+    expert_feature_names,
+    tabular_feature_names,
+)
+from ..exceptions import ItemReadError, ItemReadWarning, MissingModalityWarning
+from ..experts._base import BaseExpert
+from ._cache import EmbeddingCache, resolve_cache_dir
+
+__all__ = ["MultimodalExpertEmbedder"]
+
+logger = logging.getLogger(__name__)
+
+_PASSTHROUGH = "passthrough"
+# How many unreadable items one warning lists before summarising the rest.
+_MAX_LISTED_FAILURES = 5
+
+
+def _is_missing(item: Any) -> bool:
+    """Whether one image or text cell means "modality absent for this row"."""
+    if item is None or item is pd.NA or item is pd.NaT:
+        return True
+    if isinstance(item, (float, np.floating)):
+        return bool(np.isnan(item))
+    if isinstance(item, (str, bytes)):
+        return not item.strip()
+    if isinstance(item, os.PathLike):
+        return not os.fspath(item).strip()
+    return False
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        text = os.fspath(item)
+        return repr(text if len(text) <= 120 else text[:117] + "...")
+    if isinstance(item, np.ndarray):
+        return f"<array of shape {item.shape}>"
+    return f"<{type(item).__name__}>"
+
+
+def _failure_text(item: Any, message: str) -> str:
+    """The reader's message, prefixed with the item unless it names it already."""
+    if isinstance(item, (str, os.PathLike)) and os.fspath(item) in message:
+        return message
+    return f"{_describe_item(item)} ({message})"
+
+
+class _Entry:
+    """One validated ``(name, experts or transformer, columns)`` entry."""
+
+    __slots__ = ("name", "experts", "transformer", "spec", "teacher", "index", "where")
+
+    def __init__(self, name, experts, transformer, spec, teacher, index, where):
+        self.name = name
+        self.experts = experts
+        self.transformer = transformer
+        self.spec = spec
+        self.teacher = teacher
+        self.index = index
+        self.where = where
+
+    @property
+    def is_tabular(self) -> bool:
+        return self.experts is None
+
+
+class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
+    """Embed images, texts and tabular values into one block-structured matrix.
+
+    Each modality entry is ``(name, experts_or_transformer, columns)``, as in
+    :class:`~sklearn.compose.ColumnTransformer`. An image or text entry takes a
+    list of frozen experts (:class:`~medmix_sklearn.ImageExpert`,
+    :class:`~medmix_sklearn.TextExpert`) and one column of file paths, arrays
+    or texts; every expert contributes a block of columns
+    ``{name}__{expert}__{k}``. A tabular entry takes ``"passthrough"`` or any
+    scikit-learn transformer (cloned and fitted in :meth:`fit`) and a list of
+    columns; it contributes ``{name}__{feature}`` columns.
+
+    A modality that is absent for a row (``None``, NaN, ``pd.NA``, an empty or
+    whitespace-only text or path; for a tabular entry, all of its columns NaN)
+    is NaN in every column of every block of that modality for that row. An
+    item that cannot be read (missing file, corrupt image) makes only that
+    expert's block NaN for that row, with an :class:`ItemReadWarning`.
+
+    Embeddings are cached on disk by expert fingerprint and item content, so
+    the same item is embedded once across cross-validation folds, refits and
+    processes; a fully cached pass never loads a model.
+
+    Parameters
+    ----------
+    modalities : list of tuple
+        ``(name, experts_or_transformer, columns)`` entries. ``name`` is a valid
+        block name (letters, digits, ``_``, ``.``, ``-``; no ``__``), unique,
+        and not ``"teacher"``. ``experts_or_transformer`` is an expert, a list
+        of experts of one kind, ``"passthrough"``, or a transformer.
+        ``columns`` is one column (label or position) for experts; for a
+        tabular entry, a label, a position, a list of them, a slice, a boolean
+        mask or a callable that takes X and returns one of these.
+    teachers : list of tuple, default=None
+        Training-only entries, in the same format. Their blocks are named
+        ``teacher__{name}__...``; they are computed by :meth:`fit_transform`
+        only and returned as NaN by :meth:`transform`, which never loads or
+        runs a teacher model and does not need the teacher columns.
+    cache_dir : "auto", str, path-like or None, default="auto"
+        Embedding cache directory. ``"auto"`` uses ``$MEDMIX_CACHE_DIR``, else
+        the user cache directory (``~/.cache/medmix_sklearn``). ``None``
+        disables the disk cache; identical items within one call are still
+        embedded once.
+    device : str, default="auto"
+        Torch device for the experts; ``"auto"`` picks ``"cuda"`` when
+        available, else ``"cpu"``. Resolved in :meth:`fit` as ``device_``.
+    batch_size : int, default=32
+        Items per forward pass. Only one batch (plus the next one being
+        decoded) is held in memory at a time.
+    verbose : int, default=0
+        When positive, show a progress bar over batches and log cache hits
+        and misses at INFO level.
+    on_error : {"warn", "raise"}, default="warn"
+        What to do with an unreadable item: warn and make that expert's block
+        NaN for that row, or raise :class:`~medmix_sklearn.exceptions.ItemReadError`.
+    n_jobs : int, default=None
+        Threads that read and decode items (and hash files for the cache)
+        while the model embeds the previous batch. ``None`` means 1, ``-1``
+        all CPUs.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Number of columns of X seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X seen in :meth:`fit`, when they are all strings.
+    feature_names_out_ : ndarray of shape (n_features_out,)
+        Output column names (see :meth:`get_feature_names_out`).
+    blocks_ : list of Block
+        Output blocks in order: modality, expert (``"tabular"`` for a tabular
+        entry), output column indices, and whether it is a teacher block.
+    output_dims_ : dict
+        ``{block key: width}``, block key ``{modality}__{expert}`` (with a
+        ``teacher__`` prefix for teacher blocks).
+    modalities_ : list of tuple
+        The entries as fitted: ``(name, experts or fitted transformer, column
+        labels)``.
+    teachers_ : list of tuple
+        Same as ``modalities_`` for the teacher entries.
+    device_ : str
+        The torch device the experts run on.
+
+    See Also
+    --------
+    medmix_sklearn.embedding.EmbeddingCache : The on-disk embedding cache.
+    sklearn.compose.ColumnTransformer : The entry format this follows.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X = pd.DataFrame({"age": [60.0, np.nan, 40.0], "hr": [80.0, np.nan, 70.0]})
+    >>> embedder = MultimodalExpertEmbedder([("labs", StandardScaler(), ["age", "hr"])])
+    >>> embedder.fit_transform(X)
+    array([[ 1.,  1.],
+           [nan, nan],
+           [-1., -1.]], dtype=float32)
+    >>> embedder.get_feature_names_out().tolist()
+    ['labs__age', 'labs__hr']
+    """
+
+    _parameter_constraints: dict = {
+        "modalities": [list, tuple],
+        "teachers": [list, tuple, None],
+        "cache_dir": [str, os.PathLike, None],
+        "device": [str],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+        "on_error": [StrOptions({"warn", "raise"})],
+        "n_jobs": [Integral, None],
+    }
+
+    def __init__(
+        self,
+        modalities,
+        *,
+        teachers=None,
+        cache_dir="auto",
+        device="auto",
+        batch_size=32,
+        verbose=0,
+        on_error="warn",
+        n_jobs=None,
+    ):
+        self.modalities = modalities
+        self.teachers = teachers
+        self.cache_dir = cache_dir
+        self.device = device
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.on_error = on_error
+        self.n_jobs = n_jobs
+
+    # -- tags ---------------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.string = self._accepts_strings()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def _accepts_strings(self) -> bool:
+        entries = list(self.modalities or ()) + list(self.teachers or ())
+        for entry in entries:
+            try:
+                spec = entry[1]
+            except (TypeError, IndexError, KeyError):
+                continue
+            if isinstance(spec, str):
+                continue
+            if _is_expert_spec(spec):
+                return True
+            try:
+                if spec.__sklearn_tags__().input_tags.string:
+                    return True
+            except AttributeError:
+                pass
+        return False
+
+    # -- fitting ------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Check the entries against X, fit the tabular transformers, record the layout.
+
+        No expert is run: embeddings are computed by :meth:`transform` and
+        :meth:`fit_transform`.
+
+        Parameters
+        ----------
+        X : pandas DataFrame of shape (n_samples, n_features)
+            One row per patient or study. A numpy array is accepted when every
+            entry is tabular (columns are then positions).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : MultimodalExpertEmbedder
+            The fitted embedder.
+        """
+        self._fit(X)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then embed X, teacher blocks included.
+
+        Parameters
+        ----------
+        X : pandas DataFrame of shape (n_samples, n_features)
+            The training table, with the teacher columns.
+        y : None
+            Ignored.
+        **fit_params : dict
+            Ignored; accepted for Pipeline compatibility.
+
+        Returns
+        -------
+        X_out : DataFrame or ndarray of shape (n_samples, n_features_out), dtype float32
+            A DataFrame with the block-layout column names when X is a
+            DataFrame (see :meth:`transform`), else an ndarray.
+        """
+        frame = self._fit(X)
+        return self._as_output(self._transform(frame, with_teachers=True), X)
+
+    def transform(self, X):
+        """Embed X; teacher blocks are NaN and cost nothing.
+
+        Parameters
+        ----------
+        X : pandas DataFrame of shape (n_samples, n_features)
+            Needs the columns of the (non-teacher) modalities; extra columns
+            are ignored and the order does not matter.
+
+        Returns
+        -------
+        X_out : DataFrame or ndarray of shape (n_samples, n_features_out), dtype float32
+            When X is a DataFrame and ``set_output`` was not called, a
+            DataFrame with X's index and the block-layout column names: the
+            names carry the layout that :class:`MedMIXClassifier` reads, so a
+            plain ``Pipeline`` keeps it. ``set_output(transform="default")``
+            gives an ndarray; ``set_output(transform="pandas")`` a DataFrame.
+        """
+        check_is_fitted(self)
+        frame = self._check_transform_input(X)
+        return self._as_output(self._transform(frame, with_teachers=False), X)
+
+    def _as_output(self, values: np.ndarray, X):
+        # A DataFrame by default, because the column names are the block layout;
+        # an explicit set_output(...) choice is left to scikit-learn's wrapper.
+        explicit = getattr(self, "_sklearn_output_config", {}).get("transform")
+        if explicit is None and isinstance(X, pd.DataFrame):
+            return pd.DataFrame(values, columns=self.feature_names_out_, index=X.index)
+        return values
+
+    def get_feature_names_out(self, input_features=None):
+        """Output column names, in the block layout.
+
+        Parameters
+        ----------
+        input_features : array-like of str, default=None
+            Input names; must match ``feature_names_in_`` when that is set.
+            Used to name passthrough columns of an array fitted without names.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self)
+        input_features = _check_feature_names_in(self, input_features)
+        if hasattr(self, "feature_names_in_") or list(input_features) == list(
+            self._input_names
+        ):
+            return self.feature_names_out_.copy()
+        names, _, _ = self._layout(np.asarray(input_features, dtype=object))
+        return np.asarray(names, dtype=object)
+
+    # -- fit internals ------------------------------------------------------
+    def _fit(self, X) -> pd.DataFrame:
+        students = self._validate_entries(self.modalities, teacher=False)
+        teachers = self._validate_entries(self.teachers or [], teacher=True)
+        if not students:
+            raise ValueError(
+                "modalities is empty: give at least one (name, experts_or_transformer, "
+                "columns) entry."
+            )
+        frame = self._check_fit_input(X, students + teachers)
+        self.device_ = _resolve_device(self.device)
+
+        fitted = {}
+        self._widths: dict[tuple, int] = {}
+        for entry in students + teachers:
+            positions = _resolve_columns(entry, frame)
+            labels = list(frame.columns[positions])
+            if entry.is_tabular:
+                fitted[id(entry)] = (self._fit_tabular(entry, frame, labels), labels)
+            else:
+                for expert in entry.experts:
+                    # Builds the architecture at most, never the weights.
+                    _check_output_dim(expert, entry)
+                values = frame[labels[0]].tolist()
+                if not any(not _is_missing(v) for v in values):
+                    warnings.warn(
+                        f"{entry.where} ({entry.name!r}): column {labels[0]!r} is empty "
+                        "or missing in every row; its blocks will be NaN.",
+                        MissingModalityWarning,
+                        stacklevel=3,
+                    )
+                fitted[id(entry)] = (list(entry.experts), labels)
+        self.modalities_ = [(e.name, *fitted[id(e)]) for e in students]
+        self.teachers_ = [(e.name, *fitted[id(e)]) for e in teachers]
+        self._input_names = np.asarray(
+            getattr(self, "feature_names_in_", [f"x{i}" for i in range(frame.shape[1])]),
+            dtype=object,
+        )
+        self._input_labels = list(frame.columns)
+        names, blocks, dims = self._layout(self._input_names)
+        self.feature_names_out_ = np.asarray(names, dtype=object)
+        self.blocks_ = blocks
+        self.output_dims_ = dims
+        return frame
+
+    def _validate_entries(self, entries, *, teacher: bool) -> list[_Entry]:
+        param = "teachers" if teacher else "modalities"
+        out: list[_Entry] = []
+        seen: set[str] = set()
+        for index, entry in enumerate(entries):
+            where = f"{param}[{index}]"
+            if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+                raise ValueError(
+                    f"{where} must be a (name, experts_or_transformer, columns) tuple. "
+                    f"Got {entry!r} instead."
+                )
+            name, spec, columns = entry
+            _check_name(name, "modality name", where)
+            if name == TEACHER:
+                raise ValueError(
+                    f"{where} is named {TEACHER!r}, which is reserved for training-only "
+                    "blocks. Rename the modality, or pass it through teachers= if it "
+                    "is a teacher."
+                )
+            if name in seen:
+                raise ValueError(
+                    f"{where} reuses the modality name {name!r}; names in {param} must "
+                    "be unique."
+                )
+            seen.add(name)
+            if isinstance(spec, str):
+                if spec != _PASSTHROUGH:
+                    raise ValueError(
+                        f"{where} ({name!r}) gives {spec!r}; the only string accepted is "
+                        f"{_PASSTHROUGH!r}. Pass an expert, a list of experts or a "
+                        "transformer instead."
+                    )
+                out.append(_Entry(name, None, spec, columns, teacher, index, where))
+            elif _is_expert_spec(spec):
+                experts = [spec] if isinstance(spec, BaseExpert) else list(spec)
+                _check_experts(experts, name, where)
+                if not (isinstance(columns, (str, Integral)) and not isinstance(columns, bool)):
+                    raise ValueError(
+                        f"{where} ({name!r}) uses experts, which read ONE column: give a "
+                        f"column name (or position). Got {columns!r} instead."
+                    )
+                out.append(_Entry(name, experts, None, columns, teacher, index, where))
+            elif hasattr(spec, "fit") and hasattr(spec, "transform"):
+                out.append(_Entry(name, None, spec, columns, teacher, index, where))
+            else:
+                raise ValueError(
+                    f"{where} ({name!r}): expected an expert or a list of experts "
+                    "(ImageExpert, TextExpert), 'passthrough', or a transformer with "
+                    f"fit and transform. Got {spec!r} instead."
+                )
+        return out
+
+    def _check_fit_input(self, X, entries: list[_Entry]) -> pd.DataFrame:
+        if isinstance(X, pd.DataFrame):
+            validate_data(self, X, skip_check_array=True)
+            if X.shape[0] == 0:
+                raise ValueError(
+                    f"Found array with 0 sample(s) (shape={X.shape}) while a minimum "
+                    "of 1 is required by MultimodalExpertEmbedder."
+                )
+            if not X.columns.is_unique:
+                duplicated = sorted(map(str, X.columns[X.columns.duplicated()].unique()))
+                raise ValueError(
+                    f"X has duplicated column names {duplicated}; every column must have "
+                    "a unique name."
+                )
+            self._fitted_on_frame = True
+            return X
+        expert_entries = [e for e in entries if not e.is_tabular]
+        if expert_entries and not sparse.issparse(X):
+            raise TypeError(
+                "MultimodalExpertEmbedder needs a pandas DataFrame when a modality uses "
+                f"experts ({expert_entries[0].where}: {expert_entries[0].name!r}). Got "
+                f"{type(X).__name__} instead. Build one with pd.DataFrame(X, columns=...)."
+            )
+        array = validate_data(
+            self, X, dtype=self._array_dtype(), ensure_all_finite="allow-nan"
+        )
+        self._fitted_on_frame = False
+        return pd.DataFrame(array)
+
+    def _array_dtype(self):
+        return None if self._accepts_strings() else "numeric"
+
+    def _fit_tabular(self, entry: _Entry, frame: pd.DataFrame, labels: list):
+        if entry.transformer == _PASSTHROUGH:
+            _to_float(frame[labels], entry)
+            if frame[labels].isna().all(axis=None):
+                warnings.warn(
+                    f"{entry.where} ({entry.name!r}) is NaN in every row; its block will "
+                    "be NaN.",
+                    MissingModalityWarning,
+                    stacklevel=4,
+                )
+            return _PASSTHROUGH
+        present = ~frame[labels].isna().all(axis=1).to_numpy()
+        if not present.any():
+            raise ValueError(
+                f"{entry.where} ({entry.name!r}): columns {labels} are missing in every "
+                "row, so its transformer cannot be fitted. Drop the entry or pass rows "
+                "where it is present."
+            )
+        transformer = clone(entry.transformer)
+        transformer.fit(frame.loc[present, labels])
+        # The width, for naming when the transformer has no get_feature_names_out.
+        first = frame.loc[present, labels].iloc[:1]
+        self._widths[(entry.teacher, entry.name)] = _dense(transformer.transform(first)).shape[1]
+        return transformer
+
+    def _layout(self, input_names) -> tuple[list[str], list[Block], dict[str, int]]:
+        names: list[str] = []
+        blocks: list[Block] = []
+        for teacher, fitted in ((False, self.modalities_), (True, self.teachers_)):
+            for name, spec, labels in fitted:
+                if isinstance(spec, list):
+                    for expert in spec:
+                        cols = expert_feature_names(
+                            name, expert.name, int(expert.output_dim), teacher=teacher
+                        )
+                        start = len(names)
+                        names.extend(cols)
+                        blocks.append(
+                            Block(name, expert.name, tuple(range(start, len(names))), teacher)
+                        )
+                else:
+                    width = self._widths.get((teacher, name))
+                    features = self._tabular_features(spec, labels, input_names, width)
+                    start = len(names)
+                    names.extend(tabular_feature_names(name, features, teacher=teacher))
+                    blocks.append(
+                        Block(name, TABULAR_EXPERT, tuple(range(start, len(names))), teacher)
+                    )
+        if len(set(names)) != len(names):
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(
+                f"The output column names {duplicated[:5]} are duplicated; rename the "
+                "tabular features or modalities so that every output name is unique."
+            )
+        dims = {block.key: block.dim for block in blocks}
+        return names, blocks, dims
+
+    def _tabular_features(self, spec, labels: list, input_names, width) -> list[str]:
+        positions = [self._input_labels.index(label) for label in labels]
+        inputs = np.asarray([str(input_names[p]) for p in positions], dtype=object)
+        if spec == _PASSTHROUGH:
+            features = list(inputs)
+        else:
+            features = None
+            if hasattr(spec, "get_feature_names_out"):
+                try:
+                    features = [str(f) for f in spec.get_feature_names_out(inputs)]
+                except Exception:  # noqa: BLE001 - any failure means "no names"
+                    features = None
+            if features is None or len(features) != width:
+                features = [str(k) for k in range(width)]
+        # "__" inside a feature name would read back as an expert block.
+        return [f.replace(SEP, "_") for f in features]
+
+    # -- transform internals ------------------------------------------------
+    def _check_transform_input(self, X) -> pd.DataFrame:
+        if isinstance(X, pd.DataFrame) and self._fitted_on_frame:
+            needed = [label for _, _, labels in self.modalities_ for label in labels]
+            missing = [label for label in dict.fromkeys(needed) if label not in X.columns]
+            if missing:
+                raise ValueError(
+                    f"X lacks the column(s) {missing} used by the modalities at fit time. "
+                    f"Columns are: {list(X.columns)}."
+                )
+            if X.shape[0] == 0:
+                raise ValueError(
+                    f"Found array with 0 sample(s) (shape={X.shape}) while a minimum "
+                    "of 1 is required by MultimodalExpertEmbedder."
+                )
+            return X
+        if any(isinstance(spec, list) for _, spec, _ in self.modalities_ + self.teachers_):
+            raise TypeError(
+                "MultimodalExpertEmbedder was fitted with experts and needs a pandas "
+                f"DataFrame. Got {type(X).__name__} instead."
+            )
+        array = validate_data(
+            self, X, reset=False, dtype=self._array_dtype(), ensure_all_finite="allow-nan"
+        )
+        return pd.DataFrame(array, columns=self._input_labels)
+
+    def _transform(self, frame: pd.DataFrame, *, with_teachers: bool) -> np.ndarray:
+        n_rows = frame.shape[0]
+        out = np.full((n_rows, len(self.feature_names_out_)), np.nan, dtype=np.float32)
+        directory = resolve_cache_dir(self.cache_dir)
+        cache = EmbeddingCache(directory) if directory is not None else None
+        n_threads = _n_threads(self.n_jobs)
+        blocks = iter(self.blocks_)
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            for teacher, fitted in ((False, self.modalities_), (True, self.teachers_)):
+                for name, spec, labels in fitted:
+                    if isinstance(spec, list):
+                        entry_blocks = [next(blocks) for _ in spec]
+                    else:
+                        entry_blocks = [next(blocks)]
+                    if teacher and not with_teachers:
+                        continue
+                    if isinstance(spec, list):
+                        self._embed_entry(
+                            name, spec, labels[0], entry_blocks, frame, out, cache, pool
+                        )
+                    else:
+                        cols = list(entry_blocks[0].columns)
+                        out[:, cols] = self._transform_tabular(
+                            name, spec, labels, frame, len(cols)
+                        )
+                    if teacher:
+                        for expert in spec if isinstance(spec, list) else ():
+                            _release_model(expert)
+        return out
+
+    def _transform_tabular(self, name: str, spec, labels: list, frame: pd.DataFrame, width: int):
+        sub = frame[labels]
+        if spec == _PASSTHROUGH:
+            return _to_float(sub, name)
+        # Fitted on present rows only, so transform only those: a transformer that
+        # rejects NaN still works, and absent rows stay NaN.
+        block = np.full((len(sub), width), np.nan, dtype=np.float32)
+        present = ~sub.isna().all(axis=1).to_numpy()
+        if present.any():
+            values = _dense(spec.transform(sub.loc[present]))
+            if values.shape[1] != width:
+                raise RuntimeError(
+                    f"The transformer of modality {name!r} returned {values.shape[1]} "
+                    f"columns, but {width} at fit time."
+                )
+            block[present] = values
+        return block
+
+    def _embed_entry(
+        self,
+        modality: str,
+        experts: list,
+        column,
+        blocks: list[Block],
+        frame: pd.DataFrame,
+        out: np.ndarray,
+        cache: EmbeddingCache | None,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        values = frame[column].tolist()
+        rows = [i for i, v in enumerate(values) if not _is_missing(v)]
+        items = [values[i] for i in rows]
+        labels = frame.index.tolist()  # plain Python labels read better in messages
+        # Experts of one class hash content the same way: hash each item once.
+        keys_by_class: dict[type, list] = {}
+        for expert, block in zip(experts, blocks):
+            where = f"{modality}/{expert.name}"
+            failures: list[tuple[Any, Any, str]] = []
+            keys = keys_by_class.get(type(expert))
+            if keys is None:
+                keys = list(pool.map(partial(_content_key, expert), items))
+                keys_by_class[type(expert)] = keys
+            for i, key in enumerate(keys):
+                if isinstance(key, ItemReadError):
+                    failures.append((labels[rows[i]], items[i], str(key)))
+            if failures and self.on_error == "raise":
+                self._report_failures(expert, column, failures)
+            first = {}
+            for i, key in enumerate(keys):
+                if isinstance(key, str) and key not in first:
+                    first[key] = i
+            vectors, failed_keys = self._vectors_for(
+                expert, first, items, rows, labels, column, cache, pool, where
+            )
+            for i, key in enumerate(keys):
+                if isinstance(key, str) and key in failed_keys:
+                    failures.append((labels[rows[i]], items[i], failed_keys[key]))
+            ok = [
+                (rows[i], vectors[k])
+                for i, k in enumerate(keys)
+                if isinstance(k, str) and k in vectors
+            ]
+            if ok:
+                target_rows = np.fromiter((r for r, _ in ok), dtype=np.intp, count=len(ok))
+                out[np.ix_(target_rows, np.asarray(block.columns))] = np.stack(
+                    [v for _, v in ok]
+                )
+            if failures:
+                self._report_failures(expert, column, failures)
+
+    def _vectors_for(
+        self,
+        expert: BaseExpert,
+        first: dict,
+        items: list,
+        rows: list,
+        labels: list,
+        column,
+        cache: EmbeddingCache | None,
+        pool: ThreadPoolExecutor,
+        where: str,
+    ) -> tuple[dict, dict]:
+        """Embeddings of the unique keys: from the cache, else computed in batches."""
+        dim = int(expert.output_dim)
+        fingerprint = expert.fingerprint() if cache is not None else ""
+        vectors = cache.get_many(fingerprint, first, dim=dim) if cache is not None else {}
+        hits = len(vectors)
+        todo = [key for key in first if key not in vectors]
+        if expert.kind == "text":
+            # Similar lengths in a batch cut padding.
+            todo.sort(key=lambda key: len(str(items[first[key]])))
+        failed: dict[str, str] = {}
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+
+        def submit(batch: list) -> list[Future]:
+            return [pool.submit(_read, expert, items[first[key]]) for key in batch]
+
+        progress = _progress(len(batches), where, self.verbose)
+        pending = submit(batches[0]) if batches else []
+        for b, batch in enumerate(batches):
+            decoded_futures = pending
+            # Decode the next batch while this one runs through the model.
+            pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+            good_keys, decoded = [], []
+            for key, future in zip(batch, decoded_futures):
+                value = future.result()
+                if isinstance(value, ItemReadError):
+                    failed[key] = str(value)
+                    if self.on_error == "raise":
+                        for future in pending:
+                            future.cancel()
+                        index = first[key]
+                        self._report_failures(
+                            expert, column, [(labels[rows[index]], items[index], str(value))]
+                        )
+                else:
+                    good_keys.append(key)
+                    decoded.append(value)
+            if decoded:
+                embedded = self._run_expert(expert, decoded, where)
+                for key, vector in zip(good_keys, embedded):
+                    vectors[key] = vector
+                if cache is not None:
+                    try:
+                        cache.put_many(fingerprint, zip(good_keys, embedded))
+                    except OSError as exc:
+                        logger.warning("Could not write to the embedding cache: %s", exc)
+            progress.update(1)
+        progress.close()
+        logger.log(
+            logging.INFO if self.verbose else logging.DEBUG,
+            "%s: %d rows, %d unique items, %d cache hits, %d embedded, %d unreadable",
+            where,
+            len(rows),
+            len(first),
+            hits,
+            len(todo) - len(failed),
+            len(failed),
+        )
+        return vectors, failed
+
+    def _run_expert(self, expert: BaseExpert, decoded: list, where: str) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            embedded = expert.embed(decoded, device=self.device_, batch_size=self.batch_size)
+        embedded = np.asarray(embedded, dtype=np.float32)
+        expected = (len(decoded), int(expert.output_dim))
+        if embedded.shape != expected:
+            raise RuntimeError(
+                f"Expert {where} returned embeddings of shape {embedded.shape} for "
+                f"{len(decoded)} items; expected {expected}."
+            )
+        return embedded
+
+    def _report_failures(self, expert: BaseExpert, column, failures: list) -> None:
+        if self.on_error == "raise":
+            label, item, message = failures[0]
+            raise ItemReadError(
+                f"Expert {expert.name!r} could not read row {label!r} of column "
+                f"{column!r}: {_failure_text(item, message)}. Pass on_error='warn' to get "
+                "a NaN block for that row instead."
+            )
+        listed = "; ".join(
+            f"row {label!r}: {_failure_text(item, message)}"
+            for label, item, message in failures[:_MAX_LISTED_FAILURES]
+        )
+        more = len(failures) - _MAX_LISTED_FAILURES
+        if more > 0:
+            listed += f"; and {more} more"
+        warnings.warn(
+            f"Expert {expert.name!r} could not read {len(failures)} item(s) of column "
+            f"{column!r}; its block is NaN for those rows. {listed}",
+            ItemReadWarning,
+            stacklevel=2,
+        )
+
+
+# -- helpers ----------------------------------------------------------------
+def _is_expert_spec(spec: Any) -> bool:
+    if isinstance(spec, BaseExpert):
+        return True
+    return (
+        isinstance(spec, (list, tuple))
+        and len(spec) > 0
+        and all(isinstance(e, BaseExpert) for e in spec)
+    )
+
+
+def _check_name(name, what: str, where: str) -> None:
+    try:
+        check_block_name(name, what=what)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _check_experts(experts: list, modality: str, where: str) -> None:
+    kinds = {expert.kind for expert in experts}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"{where} ({modality!r}) mixes experts of kinds {sorted(kinds)}; all experts "
+            "of one modality must read the same kind of item. Split them into separate "
+            "modalities."
+        )
+    seen: set[str] = set()
+    for expert in experts:
+        _check_name(expert.name, "expert name", where)
+        if expert.name in seen:
+            raise ValueError(
+                f"{where} ({modality!r}) has two experts named {expert.name!r}; expert "
+                "names must be unique within a modality because they name the output "
+                "columns."
+            )
+        seen.add(expert.name)
+
+
+def _check_output_dim(expert: BaseExpert, entry: _Entry) -> None:
+    dim = expert.output_dim
+    if not isinstance(dim, Integral) or dim < 1:
+        raise ValueError(
+            f"Expert {expert.name!r} in {entry.where} reports output_dim={dim!r}; "
+            "expected a positive integer."
+        )
+
+
+def _resolve_columns(entry: _Entry, frame: pd.DataFrame) -> list[int]:
+    """Positions in ``frame`` of the columns an entry names."""
+    spec = entry.spec
+    columns = frame.columns
+    n = len(columns)
+    if callable(spec):
+        spec = spec(frame)
+    if isinstance(spec, slice):
+        positions = list(range(n))[spec] if _slice_is_positional(spec) else None
+        if positions is None:
+            start = columns.get_loc(spec.start) if spec.start is not None else 0
+            stop = columns.get_loc(spec.stop) + 1 if spec.stop is not None else n
+            positions = list(range(start, stop))
+    elif isinstance(spec, (str, Integral)) and not isinstance(spec, bool):
+        positions = [_position(spec, columns, entry)]
+    else:
+        values = spec if isinstance(spec, list) else list(np.asarray(spec, dtype=object).ravel())
+        if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+            if len(values) != n:
+                raise ValueError(
+                    f"{entry.where} ({entry.name!r}) gives a boolean mask of length "
+                    f"{len(values)}, but X has {n} columns."
+                )
+            positions = [i for i, keep in enumerate(values) if keep]
+        else:
+            positions = [_position(v, columns, entry) for v in values]
+    if not positions:
+        raise ValueError(
+            f"{entry.where} ({entry.name!r}) selects no columns. Got {entry.spec!r}."
+        )
+    return positions
+
+
+def _slice_is_positional(spec: slice) -> bool:
+    return all(v is None or isinstance(v, Integral) for v in (spec.start, spec.stop))
+
+
+def _position(value, columns: pd.Index, entry: _Entry) -> int:
+    if isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        n = len(columns)
+        if not -n <= int(value) < n:
+            raise ValueError(
+                f"{entry.where} ({entry.name!r}) names column position {int(value)}, but "
+                f"X has {n} columns."
+            )
+        return int(value) % n
+    if value in columns:
+        return columns.get_loc(value)
+    raise ValueError(
+        f"{entry.where} ({entry.name!r}) names column {value!r}, which is not in X. "
+        f"Columns are: {list(columns)}."
+    )
+
+
+def _to_float(sub: pd.DataFrame, entry) -> np.ndarray:
+    name = entry.name if isinstance(entry, _Entry) else entry
+    try:
+        return check_array(
+            sub, dtype=np.float64, ensure_all_finite="allow-nan", ensure_min_samples=0
+        ).astype(np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"Modality {name!r} passes columns {list(sub.columns)} through, but they are "
+            f"not all numeric ({exc}). Encode them first, e.g. with OneHotEncoder as the "
+            "modality's transformer."
+        ) from exc
+
+
+def _dense(values) -> np.ndarray:
+    if sparse.issparse(values):
+        values = values.toarray()
+    return np.asarray(values, dtype=np.float32)
+
+
+def _content_key(expert: BaseExpert, item: Any):
+    try:
+        return expert.content_key(item)
+    except ItemReadError as exc:
+        return exc
+
+
+def _read(expert: BaseExpert, item: Any):
+    try:
+        return expert.read(item)
+    except ItemReadError as exc:
+        return exc
+
+
+def _release_model(expert: BaseExpert) -> None:
+    """Free a teacher's model: transform never needs it again."""
+    unload = getattr(expert, "unload", None)
+    if callable(unload):
+        unload()
+    else:
+        expert.__dict__.pop("_model", None)
+        expert.__dict__.pop("_model_device", None)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"device must be 'auto' or a torch device such as 'cpu', 'cuda' or "
+            f"'cuda:1'. Got {device!r} instead."
+        ) from exc
+    return device
+
+
+def _n_threads(n_jobs) -> int:
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return max(1, int(n_jobs))
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, verbose):
+    if not verbose or total == 0:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False)
