@@ -603,8 +603,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                             name, spec, labels, frame, len(cols)
                         )
                     if teacher:
+                        # Free teacher models: transform never needs them again.
                         for expert in spec if isinstance(spec, list) else ():
-                            _release_model(expert)
+                            expert.unload()
         return out
 
     def _transform_tabular(self, name: str, spec, labels: list, frame: pd.DataFrame, width: int):
@@ -918,16 +919,6 @@ def _read(expert: BaseExpert, item: Any):
         return expert.read(item)
     except ItemReadError as exc:
         return exc
-
-
-def _release_model(expert: BaseExpert) -> None:
-    """Free a teacher's model: transform never needs it again."""
-    unload = getattr(expert, "unload", None)
-    if callable(unload):
-        unload()
-    else:
-        expert.__dict__.pop("_model", None)
-        expert.__dict__.pop("_model_device", None)
 
 
 def _resolve_device(device: str) -> str:

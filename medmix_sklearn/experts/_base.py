@@ -65,8 +65,8 @@ class BaseExpert(BaseEstimator, ABC):
     def set_params(self, **params):
         """Set parameters; forgets the loaded model and the cached fingerprint."""
         super().set_params(**params)
-        for key in ("_model", "_model_device", "_fingerprint_cache"):
-            self.__dict__.pop(key, None)
+        self.unload()
+        self.__dict__.pop("_fingerprint_cache", None)
         return self
 
     @abstractmethod
@@ -123,6 +123,11 @@ class BaseExpert(BaseEstimator, ABC):
             self.__dict__["_model"] = model
             self.__dict__["_model_device"] = device
         return model
+
+    def unload(self) -> None:
+        """Free the loaded model; it is loaded again on the next ``embed``."""
+        self.__dict__.pop("_model", None)
+        self.__dict__.pop("_model_device", None)
 
     @property
     def is_loaded(self) -> bool:
