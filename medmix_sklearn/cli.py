@@ -913,7 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", formatter_class=_Formatter, help="the end-to-end demo on synthetic data",
         description="Generate a synthetic multimodal data set (radiograph-like images, "
-                    "reports, labs; 30%% of each modality missing), embed it with the "
+                    "reports, labs; 30% of each modality missing), embed it with the "
                     "offline pretrained experts (EfficientNet-Lite, MiniLM), cross-validate "
                     "MedMIXClassifier against two baselines, run a short Optuna search, and "
                     "write medmix_report.html and medmix_demo_model.joblib into --out.",
