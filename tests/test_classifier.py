@@ -331,8 +331,7 @@ def test_pipeline_with_embedder_under_cross_val_score(tiny_text_model_dir):
         cache_dir=None,
     )
     pipe = Pipeline([("embed", embedder), ("clf", MedMIXClassifier(**{**FAST, "max_epochs": 15}))])
-    # The classifier reads the block layout from column names.
-    pipe.set_output(transform="pandas")
+    # No set_output: a DataFrame in gives layout-named columns to the classifier.
     scores = cross_val_score(pipe, df, y, cv=3, scoring="accuracy")
     assert scores.shape == (3,) and (scores > 0.6).all()
     pipe.fit(df, y)

@@ -7,6 +7,17 @@ auxiliary terms are averaged over modalities and scaled by ``aux_weight``.
 Per-row weights are ``sample_weight * class_weight[y]``, and every term is a
 weighted mean (normalised by the sum of the weights it uses), so rescaling all
 weights by a constant changes nothing.
+
+Training-only teacher terms (added in training only, never to the validation
+loss that early stopping watches):
+
+- :func:`alignment_loss`: ``1 - cosine`` between a projection of a student
+  token and a (standardised) teacher embedding, on the rows where both exist.
+  On unit vectors the squared error is ``2 * (1 - cosine)``, so cosine covers
+  the "MSE on normalised vectors" variant too.
+- :func:`distillation_loss`: ``T**2 * KL(teacher_T || student_T)`` between the
+  teacher's class probabilities sharpened or softened by the temperature
+  ``T`` and the student's softmax at ``T``, on the rows that have a soft label.
 """
 
 from __future__ import annotations
@@ -55,6 +66,78 @@ def auxiliary_loss(
     return per_mod[seen].mean()
 
 
+def alignment_loss(
+    predictions: list[torch.Tensor],
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over teacher blocks of the weighted mean ``1 - cosine`` on rows in ``mask``.
+
+    Parameters
+    ----------
+    predictions : list of tensors of shape (n, d_j)
+        Projections of student tokens, one per teacher block.
+    targets : tensor of shape (n, sum(d_j))
+        Teacher blocks side by side, in the order of ``predictions``.
+    mask : bool tensor of shape (n, n_blocks)
+        Rows where teacher block ``j`` and its student source both exist.
+    weights : tensor of shape (n,)
+        Per-row weights.
+
+    Blocks with no row in ``mask`` are left out of the mean; with none at
+    all the loss is an exact 0 that still has a graph.
+    """
+    dims = [p.shape[1] for p in predictions]
+    terms = []
+    for pred, target, m in zip(predictions, torch.split(targets, dims, dim=1), mask.unbind(dim=1)):
+        w = weights * m.to(weights.dtype)
+        total = w.sum()
+        if total <= 0:
+            continue
+        cos = F.cosine_similarity(pred, target.to(pred.dtype), dim=1, eps=1e-6)
+        terms.append(((1.0 - cos) * w).sum() / total)
+    if not terms:
+        return sum(p.sum() for p in predictions) * 0.0
+    return torch.stack(terms).mean()
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    soft_target: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Weighted mean ``T**2 * KL(teacher_T || student_T)`` over the rows in ``mask``.
+
+    Parameters
+    ----------
+    logits : tensor of shape (n, n_classes)
+        Student logits.
+    soft_target : tensor of shape (n, n_classes)
+        Teacher class probabilities (rows sum to 1). They are tempered as
+        ``softmax(log(p) / T)``, the same as dividing the teacher's logits by
+        ``T``; probabilities are clipped at 1e-6 first, so a hard 0/1 teacher
+        stays finite.
+    mask : bool tensor of shape (n,)
+        Rows that have a soft label.
+    weights : tensor of shape (n,)
+        Per-row weights.
+    temperature : float
+        ``T > 0``; the ``T**2`` factor keeps the gradient scale independent of ``T``.
+    """
+    w = weights * mask.to(weights.dtype)
+    total = w.sum()
+    if total <= 0:
+        return logits.sum() * 0.0
+    t = float(temperature)
+    target = torch.softmax(torch.log(soft_target.to(logits.dtype).clamp_min(1e-6)) / t, dim=1)
+    log_student = torch.log_softmax(logits / t, dim=1)
+    kl = (target * (torch.log(target.clamp_min(1e-12)) - log_student)).sum(dim=1)
+    return (t * t) * (kl * w).sum() / total
+
+
 class FusionLoss(nn.Module):
     """Main weighted cross-entropy plus ``aux_weight`` times the auxiliary terms.
 
@@ -64,11 +147,27 @@ class FusionLoss(nn.Module):
         Weight of the auxiliary unimodal heads' loss; 0 disables it.
     class_weight : tensor of shape (n_classes,) or None
         Per-class weights multiplied into the per-row weights.
+    align_weight : float
+        Weight of :func:`alignment_loss` when alignment inputs are given.
+    distill_weight : float
+        Weight of :func:`distillation_loss` when soft labels are given.
+    temperature : float
+        Distillation temperature.
     """
 
-    def __init__(self, aux_weight: float = 0.0, class_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        aux_weight: float = 0.0,
+        class_weight: torch.Tensor | None = None,
+        align_weight: float = 0.0,
+        distill_weight: float = 0.0,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.aux_weight = float(aux_weight)
+        self.align_weight = float(align_weight)
+        self.distill_weight = float(distill_weight)
+        self.temperature = float(temperature)
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
         self.register_buffer("class_weight", class_weight)
@@ -80,12 +179,19 @@ class FusionLoss(nn.Module):
         sample_weight: torch.Tensor | None = None,
         *,
         training: bool = True,
+        align: tuple | None = None,
+        distill: tuple | None = None,
     ) -> torch.Tensor:
         """Total loss of a batch.
 
         ``output`` is the network's :class:`FusionOutput` (or a tuple in its
-        order). The auxiliary terms are added only when ``training`` is true,
-        so the validation loss that early stopping watches is the main loss.
+        order). The auxiliary and teacher terms are added only when
+        ``training`` is true, so the validation loss that early stopping
+        watches is the main loss.
+
+        ``align`` is ``(predictions, targets, mask)`` as taken by
+        :func:`alignment_loss`; ``distill`` is ``(soft_target, mask)`` as taken
+        by :func:`distillation_loss`. Either may be None.
         """
         logits, aux_logits, _, _, modality_mask = output[:5]
         y = y.long()
@@ -93,4 +199,12 @@ class FusionLoss(nn.Module):
         loss = weighted_cross_entropy(logits, y, weights)
         if training and self.aux_weight > 0:
             loss = loss + self.aux_weight * auxiliary_loss(aux_logits, y, modality_mask, weights)
+        if training and align is not None and self.align_weight > 0:
+            predictions, targets, mask = align
+            loss = loss + self.align_weight * alignment_loss(predictions, targets, mask, weights)
+        if training and distill is not None and self.distill_weight > 0:
+            soft_target, mask = distill
+            loss = loss + self.distill_weight * distillation_loss(
+                logits, soft_target, mask, weights, self.temperature
+            )
         return loss

@@ -6,8 +6,16 @@ calls), a ``get_loss`` that passes per-row weights and the training flag to
 :class:`~medmix_sklearn.fusion._losses.FusionLoss`, and a callback that logs
 each epoch (a tqdm bar when ``verbose``). The train/validation split is made
 by the classifier (stratified) and handed in through ``predefined_split``.
-Training-only terms (teachers) are meant to be added here later, as extra
-modules in ``initialize_module`` and extra terms in ``get_loss``.
+
+Training-only teacher terms live here too. The dataset may carry teacher
+tensors (standardised teacher embeddings and their presence, soft labels and
+theirs) next to ``x`` and ``mask``; ``infer`` never passes them to the network.
+With an ``aligner`` spec, ``initialize_module`` adds the projection heads
+(:class:`~medmix_sklearn.fusion._network.AlignmentHeads`) as a second module
+``aligner_`` with its own optimizer ``aligner_optimizer_``, so that
+:meth:`FusionNet.drop_teacher` removes both after training and neither the
+module state nor the optimizer state of ``optimizer_`` ever holds teacher
+weights.
 """
 
 from __future__ import annotations
@@ -21,11 +29,27 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, EpochTimer, PassthroughScoring
 from skorch.utils import to_tensor
 
+from ._network import AlignmentHeads
+
 logger = logging.getLogger(__name__)
 
 
+#: Teacher tensors a :class:`BlockDataset` may carry, with their dtypes.
+TEACHER_KEYS = {
+    "teacher_x": torch.float32,  # (n, sum of teacher block widths), standardised, 0 where absent
+    "teacher_mask": torch.bool,  # (n, n_teacher_blocks)
+    "soft_target": torch.float32,  # (n, n_classes) teacher probabilities
+    "soft_mask": torch.bool,  # (n,) rows that have a soft label
+}
+_NETWORK_INPUTS = ("x", "mask")
+
+
 class BlockDataset(torch.utils.data.Dataset):
-    """Rows of the block matrix; indexing with an index tensor returns a whole batch."""
+    """Rows of the block matrix; indexing with an index tensor returns a whole batch.
+
+    ``teacher`` optionally maps names of :data:`TEACHER_KEYS` to per-row
+    arrays; they travel with the batch to ``get_loss``, never to the network.
+    """
 
     def __init__(
         self,
@@ -33,6 +57,7 @@ class BlockDataset(torch.utils.data.Dataset):
         mask: np.ndarray,
         y: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        teacher: dict | None = None,
     ) -> None:
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.mask = torch.as_tensor(mask, dtype=torch.bool)
@@ -43,21 +68,25 @@ class BlockDataset(torch.utils.data.Dataset):
             if sample_weight is None
             else torch.as_tensor(sample_weight, dtype=torch.float32)
         )
+        self.teacher = {
+            key: torch.as_tensor(value, dtype=TEACHER_KEYS[key]) for key, value in (teacher or {}).items()
+        }
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitem__(self, idx):
-        return (
-            {"x": self.x[idx], "mask": self.mask[idx], "sample_weight": self.sample_weight[idx]},
-            self.y[idx],
-        )
+        batch = {"x": self.x[idx], "mask": self.mask[idx], "sample_weight": self.sample_weight[idx]}
+        for key, value in self.teacher.items():
+            batch[key] = value[idx]
+        return batch, self.y[idx]
 
     def subset(self, idx: np.ndarray) -> "BlockDataset":
         idx = torch.as_tensor(idx, dtype=torch.long)
         out = BlockDataset.__new__(BlockDataset)
         out.x, out.mask = self.x[idx], self.mask[idx]
         out.y, out.sample_weight = self.y[idx], self.sample_weight[idx]
+        out.teacher = {key: value[idx] for key, value in self.teacher.items()}
         return out
 
 
@@ -131,7 +160,43 @@ class FusionNet(NeuralNet):
 
     ``X`` is a :class:`BlockDataset`; skorch's printing is replaced by
     :class:`EpochLog` (given in ``callbacks``).
+
+    Parameters
+    ----------
+    module, criterion, **kwargs
+        As for :class:`skorch.NeuralNet`.
+    aligner : dict or None, default=None
+        Keyword arguments of :class:`AlignmentHeads` (``hidden_dim``,
+        ``target_dims``, ``sources``) to train teacher alignment heads; None
+        for none.
     """
+
+    def __init__(self, module, criterion, *, aligner=None, **kwargs):
+        super().__init__(module, criterion, **kwargs)
+        self.aligner = aligner
+
+    def initialize_module(self):
+        super().initialize_module()
+        if self.aligner is not None:
+            self.aligner_ = AlignmentHeads(**self.aligner)
+        return self
+
+    def initialize_optimizer(self, triggered_directly=None):
+        # The network and the training-only heads get separate optimizers, so
+        # that dropping the heads leaves optimizer_ exactly as without them.
+        args, kwargs = self.get_params_for_optimizer("optimizer", self.module_.named_parameters())
+        self.optimizer_ = self.optimizer(*args, **kwargs)
+        if getattr(self, "aligner_", None) is not None:
+            args, kwargs = self.get_params_for_optimizer("optimizer", self.aligner_.named_parameters())
+            self.aligner_optimizer_ = self.optimizer(*args, **kwargs)
+        return self
+
+    def drop_teacher(self) -> None:
+        """Remove the alignment heads and their optimizer (after training)."""
+        for name in ("aligner_optimizer_", "aligner_"):
+            if name in self.__dict__:
+                delattr(self, name)
+        self.aligner = None
 
     @property
     def _default_callbacks(self):
@@ -142,13 +207,27 @@ class FusionNet(NeuralNet):
         ]
 
     def infer(self, x, **fit_params):
-        x = dict(x)
-        x.pop("sample_weight", None)
+        x = {key: value for key, value in x.items() if key in _NETWORK_INPUTS}
+        if self.module_.training and getattr(self, "aligner_", None) is not None:
+            fit_params = {**fit_params, "return_tokens": True}
         return super().infer(x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y_true = to_tensor(y_true, device=self.device)
-        sample_weight = None
-        if isinstance(X, dict) and "sample_weight" in X:
-            sample_weight = to_tensor(X["sample_weight"], device=self.device)
-        return self.criterion_(y_pred, y_true, sample_weight, training=training)
+        sample_weight = align = distill = None
+        if isinstance(X, dict):
+            if "sample_weight" in X:
+                sample_weight = to_tensor(X["sample_weight"], device=self.device)
+            if training and "teacher_x" in X and getattr(self, "aligner_", None) is not None:
+                mod_tokens, fused = y_pred[5], y_pred[6]
+                predictions, source_present = self.aligner_(mod_tokens, fused, y_pred[4])
+                teacher_mask = to_tensor(X["teacher_mask"], device=self.device)
+                align = (predictions, to_tensor(X["teacher_x"], device=self.device), teacher_mask & source_present)
+            if training and "soft_target" in X:
+                distill = (
+                    to_tensor(X["soft_target"], device=self.device),
+                    to_tensor(X["soft_mask"], device=self.device),
+                )
+        return self.criterion_(
+            y_pred, y_true, sample_weight, training=training, align=align, distill=distill
+        )

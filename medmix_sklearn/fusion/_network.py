@@ -224,7 +224,9 @@ class MedMIXNetwork(nn.Module):
         return fused, weights
 
     # -- forward ----------------------------------------------------------
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, return_tokens: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """Run the network.
 
         Parameters
@@ -233,11 +235,17 @@ class MedMIXNetwork(nn.Module):
             Finite values; absent blocks may hold anything finite.
         mask : bool tensor of shape (n_samples, n_blocks)
             Which blocks are present.
+        return_tokens : bool, default=False
+            Also return the modality tokens ``(n, n_modalities, hidden_dim)``
+            (before modality dropout; absent ones are zero) and the fused
+            representation ``(n, hidden_dim)``, after the :class:`FusionOutput`
+            fields. Training uses them for the teacher alignment terms.
 
         Returns
         -------
         output : tuple of tensors
-            The fields of :class:`FusionOutput`, in order.
+            The fields of :class:`FusionOutput`, in order (then the tokens
+            when ``return_tokens``).
         """
         mask = mask.bool()
         tokens, scores = self._expert_tokens(x, mask)
@@ -251,4 +259,70 @@ class MedMIXNetwork(nn.Module):
         fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
         logits = self.head(fused)
         aux_logits = torch.einsum("nmh,mhc->nmc", mod_tokens, self.aux_head_weight) + self.aux_head_bias
-        return (logits, aux_logits, expert_weights, modality_weights, mod_mask.to(x.dtype))
+        out = (logits, aux_logits, expert_weights, modality_weights, mod_mask.to(x.dtype))
+        if return_tokens:
+            return out + (mod_tokens, fused)
+        return out
+
+
+class AlignmentHeads(nn.Module):
+    """Training-only projection heads from student tokens to teacher embeddings.
+
+    Head ``j`` maps a ``hidden_dim`` student representation through
+    ``Linear -> GELU -> Linear`` to the width of teacher block ``j``. Its
+    source is the token of student modality ``sources[j]``, or the fused
+    representation when ``sources[j]`` is -1 (a teacher modality the students
+    lack, such as privileged report text). The student is projected into the
+    teacher's space, not the other way round, so the targets stay fixed and
+    the alignment cannot collapse onto a constant.
+
+    Parameters
+    ----------
+    hidden_dim : int
+        Width of the student tokens.
+    target_dims : sequence of int
+        Width of each teacher block.
+    sources : sequence of int
+        Student modality index of each teacher block, or -1 for the fused
+        representation.
+    """
+
+    def __init__(self, hidden_dim: int, target_dims: Sequence[int], sources: Sequence[int]) -> None:
+        super().__init__()
+        if len(target_dims) != len(sources) or not target_dims:
+            raise ValueError("target_dims and sources must be equally long and non-empty.")
+        self.target_dims = [int(d) for d in target_dims]
+        self.sources = [int(s) for s in sources]
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, d))
+            for d in self.target_dims
+        )
+
+    def forward(
+        self, mod_tokens: torch.Tensor, fused: torch.Tensor, mod_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Predictions of each teacher block, and where their source is present.
+
+        Parameters
+        ----------
+        mod_tokens : tensor of shape (n, n_modalities, hidden_dim)
+        fused : tensor of shape (n, hidden_dim)
+        mod_mask : tensor of shape (n, n_modalities)
+            Student modality presence (bool or 0/1).
+
+        Returns
+        -------
+        predictions : list of tensors of shape (n, target_dims[j])
+        source_present : bool tensor of shape (n, n_heads)
+            True where the source token exists (always, for the fused one).
+        """
+        preds, present = [], []
+        mod_mask = mod_mask.bool()
+        for head, source in zip(self.heads, self.sources):
+            if source < 0:
+                preds.append(head(fused))
+                present.append(torch.ones(fused.shape[0], dtype=torch.bool, device=fused.device))
+            else:
+                preds.append(head(mod_tokens[:, source]))
+                present.append(mod_mask[:, source])
+        return preds, torch.stack(present, dim=1)

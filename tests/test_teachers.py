@@ -1,0 +1,393 @@
+"""Training-only teachers of MedMIXClassifier: alignment, distillation, no inference cost."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import InvalidParameterError
+
+from medmix_sklearn.exceptions import MissingModalityWarning
+from medmix_sklearn.fusion import MedMIXClassifier
+from medmix_sklearn.fusion._losses import FusionLoss, alignment_loss, distillation_loss
+from medmix_sklearn.fusion._network import AlignmentHeads, FusionOutput, MedMIXNetwork
+
+FAST = dict(hidden_dim=8, max_epochs=6, lr=2e-2, random_state=0)
+TEACHER_PREFIX = "teacher__"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def teacher_frame(n=240, seed=0, p_missing=0.3, p_teacher_missing=0.25):
+    """Students: xray (2 experts x 4), labs (2); teachers: a big xray model and a privileged report.
+
+    The teacher blocks carry the latent factors with little noise, so they
+    predict y better than the students do.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 3))
+    y = (z[:, 0] + z[:, 1] + 0.5 * z[:, 2] > 0).astype(int)
+    cols, mats = [], []
+    absent = rng.random(n) < p_missing
+    for e in ["a", "b"]:
+        emb = z @ rng.normal(size=(3, 4)) + 1.5 * rng.normal(size=(n, 4))
+        emb[absent] = np.nan
+        mats.append(emb)
+        cols += [f"xray__{e}__{k}" for k in range(4)]
+    labs = z[:, :2] + 1.0 * rng.normal(size=(n, 2))
+    labs[rng.random(n) < p_missing] = np.nan
+    mats.append(labs)
+    cols += ["labs__age", "labs__wbc"]
+    no_teacher = rng.random(n) < p_teacher_missing
+    for modality, expert, dim in [("xray", "big", 6), ("report", "minilm", 5)]:
+        emb = z @ rng.normal(size=(3, dim)) + 0.1 * rng.normal(size=(n, dim))
+        emb[no_teacher] = np.nan
+        mats.append(emb)
+        cols += [f"{TEACHER_PREFIX}{modality}__{expert}__{k}" for k in range(dim)]
+    return pd.DataFrame(np.hstack(mats), columns=cols), y
+
+
+def teacher_columns(X):
+    return [c for c in X.columns if c.startswith(TEACHER_PREFIX)]
+
+
+def blank_teachers(X):
+    X = X.copy()
+    X[teacher_columns(X)] = np.nan
+    return X
+
+
+def small_hgb():
+    return HistGradientBoostingClassifier(max_iter=15, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return teacher_frame()
+
+
+@pytest.fixture(scope="module")
+def plain(data):
+    torch.set_num_threads(1)
+    X, y = data
+    return MedMIXClassifier(**FAST).fit(X, y)
+
+
+# -- teacher=None -------------------------------------------------------------
+def test_no_teacher_ignores_teacher_blocks_in_fit_and_predict(data, plain):
+    X, y = data
+    assert plain.teacher_blocks_ == []
+    blanked = MedMIXClassifier(**FAST).fit(blank_teachers(X), y)
+    np.testing.assert_array_equal(plain.predict_proba(X), blanked.predict_proba(X))
+    np.testing.assert_array_equal(plain.predict_proba(X), plain.predict_proba(blank_teachers(X)))
+
+
+def test_predict_never_reads_teacher_columns(data):
+    X, y = data
+    clf = MedMIXClassifier(teacher="align", **FAST).fit(X, y)
+    expected = clf.predict_proba(X)
+    garbage = X.astype(object)
+    garbage[teacher_columns(X)] = "not a number"  # would fail any float conversion
+    np.testing.assert_array_equal(clf.predict_proba(garbage), expected)
+    np.testing.assert_array_equal(clf.explain(garbage).to_numpy(), clf.explain(X).to_numpy())
+    # Names are still checked, teacher columns included.
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(X.drop(columns=teacher_columns(X)[:1]))
+
+
+# -- align and distill train, and change the model ---------------------------
+@pytest.mark.parametrize(
+    "teacher", ["align", "hgb", "both"], ids=["align", "distill", "align+distill"]
+)
+def test_teacher_modes_train_and_change_the_model(data, plain, teacher):
+    X, y = data
+    teacher = {"align": "align", "hgb": small_hgb(), "both": ("align", small_hgb())}[teacher]
+    clf = MedMIXClassifier(teacher=teacher, **FAST).fit(X, y)
+    assert [b.key for b in clf.teacher_blocks_] == ["teacher__xray__big", "teacher__report__minilm"]
+    proba = clf.predict_proba(X)
+    assert np.isfinite(proba).all()
+    assert clf.score(X, y) > 0.7
+    assert not np.allclose(proba, plain.predict_proba(X), atol=1e-4)
+    # Prediction never reads the teacher columns: NaN there changes nothing.
+    np.testing.assert_array_equal(proba, clf.predict_proba(blank_teachers(X)))
+    # The module is the plain network, with no training-only weights.
+    assert clf.net_.module_.state_dict().keys() == plain.net_.module_.state_dict().keys()
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(data, plain):
+    X, y = data
+    clf = MedMIXClassifier(teacher=small_hgb(), distill_weight=5.0, **FAST).fit(X, y)
+    teacher = small_hgb().fit(X.to_numpy(), y)
+    target = teacher.predict_proba(X.to_numpy())[:, 1]
+    gap_plain = np.abs(plain.predict_proba(X)[:, 1] - target).mean()
+    gap_distilled = np.abs(clf.predict_proba(X)[:, 1] - target).mean()
+    assert gap_distilled < gap_plain
+
+
+def test_alignment_heads_are_trained_then_dropped(data, monkeypatch):
+    from medmix_sklearn.fusion._net import FusionNet
+
+    X, y = data
+    seen = {}
+    drop = FusionNet.drop_teacher
+
+    def recording_drop(net):
+        seen["heads"] = net.aligner_
+        seen["initial"] = seen_initial["weights"]
+        drop(net)
+
+    seen_initial = {}
+    initialize = FusionNet.initialize_module
+
+    def recording_initialize(net):
+        initialize(net)
+        seen_initial["weights"] = [p.detach().clone() for p in net.aligner_.parameters()]
+        return net
+
+    monkeypatch.setattr(FusionNet, "drop_teacher", recording_drop)
+    monkeypatch.setattr(FusionNet, "initialize_module", recording_initialize)
+    clf = MedMIXClassifier(teacher="align", **FAST).fit(X, y)
+    heads = seen["heads"]
+    assert isinstance(heads, AlignmentHeads)
+    # xray has a student counterpart (modality 0); report does not, so it is fused (-1).
+    assert heads.sources == [clf.modalities_.index("xray"), -1]
+    assert heads.target_dims == [6, 5]
+    # The heads were trained (by their own optimizer), then removed.
+    assert any(not torch.equal(a, b) for a, b in zip(seen["initial"], heads.parameters()))
+    assert not hasattr(clf.net_, "aligner_") and clf.net_.aligner is None
+    assert clf.net_._optimizers == ["optimizer"] and clf.net_._modules == ["module"]
+
+
+# -- rows without teacher data get no teacher term ---------------------------
+def test_alignment_loss_ignores_masked_rows():
+    g = torch.Generator().manual_seed(0)
+    preds = [torch.randn(6, 3, generator=g, requires_grad=True), torch.randn(6, 2, generator=g)]
+    targets = torch.randn(6, 5, generator=g)
+    mask = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]], dtype=torch.bool)
+    w = torch.ones(6)
+    loss = alignment_loss(preds, targets, mask, w)
+    # Garbage targets on masked-out cells change nothing.
+    noisy = targets.clone()
+    noisy[3] = 1e3
+    noisy[5] = -1e3
+    noisy[1, 3:] = 7.0
+    assert torch.allclose(loss, alignment_loss(preds, noisy, mask, w))
+    loss.backward()
+    assert torch.equal(preds[0].grad[[2, 3, 5]], torch.zeros(3, 3))
+    # A perfectly aligned prediction (any positive scale) costs 0.
+    assert alignment_loss([2 * targets[:, :3]], targets[:, :3], mask[:, :1], w).item() == pytest.approx(0, abs=1e-6)
+    # Nothing to align: exactly 0, and still differentiable.
+    none = alignment_loss(preds, targets, torch.zeros(6, 2, dtype=torch.bool), w)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_distillation_loss_ignores_masked_rows():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.0], [-3.0, 3.0]], requires_grad=True)
+    soft = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    mask = torch.tensor([True, False, True])
+    loss = distillation_loss(logits, soft, mask, torch.ones(3), temperature=2.0)
+    other = soft.clone()
+    other[1] = torch.tensor([1.0, 0.0])
+    assert torch.allclose(loss, distillation_loss(logits, other, mask, torch.ones(3), temperature=2.0))
+    loss.backward()
+    assert torch.equal(logits.grad[1], torch.zeros(2))
+    # Student equal to the tempered teacher: 0. No row: exactly 0.
+    p = torch.tensor([[0.7, 0.3]])
+    assert distillation_loss(torch.log(p), p, torch.tensor([True]), torch.ones(1), 1.0).item() == pytest.approx(0, abs=1e-6)
+    assert distillation_loss(logits, soft, torch.zeros(3, dtype=torch.bool), torch.ones(3), 2.0).item() == 0.0
+
+
+def test_teacher_terms_only_in_training_loss():
+    net = MedMIXNetwork([4, 2], [0, 1], [True, False], n_classes=2, hidden_dim=8).eval()
+    x, mask = torch.randn(5, 6), torch.ones(5, 2, dtype=torch.bool)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    out = net(x, mask, return_tokens=True)
+    assert len(out) == 7 and all(torch.equal(a, b) for a, b in zip(out[:5], net(x, mask)))
+    FusionOutput(*out[:5])
+    heads = AlignmentHeads(8, [3], [-1])
+    preds, present = heads(out[5], out[6], out[4])
+    align = (preds, torch.randn(5, 3), present)
+    distill = (torch.full((5, 2), 0.5), torch.ones(5, dtype=torch.bool))
+    crit = FusionLoss(align_weight=1.0, distill_weight=1.0, temperature=2.0)
+    base = crit(out, y, training=False)
+    assert torch.equal(base, crit(out, y, training=False, align=align, distill=distill))
+    assert crit(out, y, training=True, align=align, distill=distill) > base
+
+
+def test_all_nan_teacher_blocks_warn_and_equal_no_teacher(data, plain):
+    X, y = data
+    with pytest.warns(MissingModalityWarning, match="every teacher block is NaN"):
+        clf = MedMIXClassifier(teacher=("align", small_hgb()), **FAST).fit(blank_teachers(X), y)
+    np.testing.assert_array_equal(clf.predict_proba(X), plain.predict_proba(X))
+
+
+# -- no inference cost ----------------------------------------------------------
+def test_pickle_size_and_fitted_state_hold_no_teacher(data):
+    X, y = data
+    params = {**FAST, "early_stopping": False}  # same number of epochs, same history size
+    plain = MedMIXClassifier(**params).fit(X, y)
+    taught = MedMIXClassifier(teacher=("align", small_hgb()), **params).fit(X, y)
+    size_plain, size_taught = len(pickle.dumps(plain)), len(pickle.dumps(taught))
+    assert abs(size_taught - size_plain) / size_plain < 0.03
+    # The teacher parameter is still the unfitted estimator; nothing fitted is kept.
+    assert not hasattr(taught.teacher[1], "n_iter_")
+    assert not any(isinstance(v, HistGradientBoostingClassifier) for v in vars(taught).values())
+    assert {k for k, v in vars(taught).items() if isinstance(v, BaseEstimator)} == {"_encoder", "net_"}
+    state = taught.__getstate__()["_net_state"]
+    assert state["module"].keys() == plain.__getstate__()["_net_state"]["module"].keys()
+    n_params = sum(1 for _ in taught.net_.module_.parameters())
+    assert len(state["optimizer"]["state"]) == n_params
+    assert b"AlignmentHeads" not in pickle.dumps(taught)
+    loaded = pickle.loads(pickle.dumps(taught))
+    np.testing.assert_array_equal(loaded.predict_proba(X), taught.predict_proba(X))
+
+
+class RecordingTeacher(ClassifierMixin, BaseEstimator):
+    """Records which rows (by the id in its last input column) each fit saw."""
+
+    fits: list = []
+
+    def fit(self, X, y):
+        RecordingTeacher.fits.append(frozenset(np.asarray(X)[:, -1].astype(int).tolist()))
+        self.classes_ = np.unique(y)
+        self.prior_ = np.bincount(y, minlength=len(self.classes_)) / len(y)
+        return self
+
+    def predict_proba(self, X):
+        return np.tile(self.prior_, (len(X), 1))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def test_teacher_is_refit_on_each_training_fold_only(data):
+    X, y = data
+    X = X.assign(teacher__ids__row=np.arange(len(X), dtype=float))  # a tabular teacher block
+    RecordingTeacher.fits = []
+    outer = list(KFold(3, shuffle=True, random_state=0).split(X))
+    clf = MedMIXClassifier(teacher=RecordingTeacher(), teacher_cv=2, **FAST)
+    cross_val_score(clf, X, y, cv=outer)
+    fits = RecordingTeacher.fits
+    assert len(fits) == 3 * 2  # teacher_cv fits per outer training fold, nothing else
+    for k, (train, test) in enumerate(outer):
+        inner = fits[2 * k : 2 * k + 2]
+        assert set().union(*inner) <= set(train.tolist())  # never a test row
+        assert not set().union(*inner) & set(test.tolist())
+        # Out-of-fold: each inner fit leaves out some training rows, and they cover them all.
+        assert all(len(f) < len(train) for f in inner)
+        assert set().union(*inner) == set(train.tolist())
+
+
+def test_pipeline_predict_runs_no_teacher_model(tiny_text_model_dir):
+    from medmix_sklearn.embedding import MultimodalExpertEmbedder
+    from medmix_sklearn.experts import TextExpert
+
+    calls = {"load": 0, "embed": 0}
+
+    class CountingTextExpert(TextExpert):
+        def _load(self, device):
+            calls["load"] += 1
+            return super()._load(device)
+
+        def _embed(self, model, items, *, device, batch_size):
+            calls["embed"] += len(items)
+            return super()._embed(model, items, device=device, batch_size=batch_size)
+
+    rng = np.random.default_rng(0)
+    n = 60
+    sick = rng.random(n) < 0.5
+    df = pd.DataFrame({
+        "indication": np.where(rng.random(n) < 0.6, np.where(sick, "cough fever", "pain"), "cough"),
+        "findings": np.where(sick, "right lower lobe consolidation", "lungs clear"),
+        "age": 50 + 10 * sick + rng.normal(size=n),
+    })
+    df.loc[rng.random(n) < 0.2, "findings"] = None
+    y = sick.astype(int)
+    embedder = MultimodalExpertEmbedder(
+        [("indication", [TextExpert(tiny_text_model_dir, name="tiny")], "indication"),
+         ("demo", "passthrough", ["age"])],
+        teachers=[("findings", [CountingTextExpert(tiny_text_model_dir, name="big")], "findings")],
+        cache_dir=None,
+    )
+    clf = MedMIXClassifier(
+        teacher=("align", HistGradientBoostingClassifier(max_iter=5)), teacher_cv=3, **FAST
+    )
+    pipe = Pipeline([("embed", embedder), ("clf", clf)])
+    pipe.fit(df, y)
+    # Identical texts are embedded once: two distinct findings.
+    assert calls == {"load": 1, "embed": 2}
+    assert [b.key for b in pipe.named_steps["clf"].teacher_blocks_] == ["teacher__findings__big"]
+    fitted_calls = dict(calls)
+    proba = pipe.predict_proba(df.drop(columns="findings"))
+    assert proba.shape == (n, 2) and np.isfinite(proba).all()
+    pipe.predict(df)
+    assert calls == fitted_calls  # prediction ran no teacher model
+
+
+# -- parameter validation --------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"teacher": "distill"}, InvalidParameterError, "'teacher' parameter"),
+        ({"teacher": HistGradientBoostingRegressor()}, InvalidParameterError, "'teacher' parameter"),
+        ({"teacher": ("align", "align")}, ValueError, r"teacher must be None, 'align'.*Got \('align', 'align'\)"),
+        ({"teacher": ("align",)}, ValueError, "teacher must be None"),
+        ({"teacher": ["align", small_hgb(), small_hgb()]}, ValueError, "teacher must be None"),
+        ({"teacher": HistGradientBoostingClassifier}, ValueError, "unfitted scikit-learn classifier instance"),
+        ({"align_weight": -1.0}, InvalidParameterError, "'align_weight' parameter"),
+        ({"distill_weight": -0.5}, InvalidParameterError, "'distill_weight' parameter"),
+        ({"distill_temperature": 0.0}, InvalidParameterError, "'distill_temperature' parameter"),
+        ({"teacher_cv": 1}, InvalidParameterError, "'teacher_cv' parameter"),
+    ],
+)
+def test_parameter_validation(data, params, error, match):
+    X, y = data
+    with pytest.raises(error, match=match):
+        MedMIXClassifier(**{**FAST, **params}).fit(X, y)
+
+
+def test_teacher_needs_teacher_blocks(data):
+    X, y = data
+    students = X.drop(columns=teacher_columns(X))
+    with pytest.raises(ValueError, match="needs teacher blocks in X.*teachers= to MultimodalExpertEmbedder"):
+        MedMIXClassifier(teacher="align", **FAST).fit(students, y)
+
+
+def test_teacher_estimator_must_accept_nan(data):
+    X, y = data
+    with pytest.raises(ValueError, match="does not accept NaN.*SimpleImputer"):
+        MedMIXClassifier(teacher=LogisticRegression(), **FAST).fit(X, y)
+
+
+def test_partial_fit_refuses_teachers(data):
+    X, y = data
+    with pytest.raises(ValueError, match="partial_fit does not use teachers"):
+        MedMIXClassifier(teacher="align", **FAST).partial_fit(X, y, classes=[0, 1])
+
+
+def test_teacher_with_explicit_blocks_mapping(data):
+    X, y = data
+    cols = {c: i for i, c in enumerate(X.columns)}
+    pick = lambda prefix: [i for c, i in cols.items() if c.startswith(prefix)]  # noqa: E731
+    mapping = {
+        "xray": {"a": pick("xray__a__"), "b": pick("xray__b__")},
+        "labs": pick("labs__"),
+        "teacher__xray": {"big": pick("teacher__xray__")},
+        "teacher__report": {"minilm": pick("teacher__report__")},
+    }
+    named = MedMIXClassifier(teacher="align", **FAST).fit(X, y)
+    mapped = MedMIXClassifier(teacher="align", blocks=mapping, **FAST).fit(X.to_numpy(), y)
+    assert [b.key for b in mapped.teacher_blocks_] == [b.key for b in named.teacher_blocks_]
+    np.testing.assert_allclose(mapped.predict_proba(X.to_numpy()), named.predict_proba(X), rtol=1e-6)
