@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
 
-FAST = dict(hidden_dim=8, max_epochs=6, lr=2e-2, random_state=0)
+FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
 
 EXPECTED_FAILED_CHECKS = {
     "check_sample_weight_equivalence_on_dense_data": (

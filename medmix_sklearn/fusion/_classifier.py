@@ -40,6 +40,7 @@ off by default.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from numbers import Integral, Real
@@ -95,10 +96,15 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Pooling of a modality's experts: a learned per-sample softmax gate over
         the experts present, or their plain mean.
     modality_fusion : {"attention", "gate", "mean", "concat"}, default="attention"
-        Pooling over the modalities present: a learned query attending over
-        modality tokens, a gated (attention-MIL) pooling, the plain mean, or a
-        concatenation with zeros and the presence mask (the unmasked baseline;
-        its ``explain`` modality weights are uniform over what is present).
+        Fusion over the modalities present. "attention": a learned query
+        gives per-sample weights over the modality tokens; each modality's
+        token, scaled by its weight, keeps its own slot, and the slots are
+        concatenated with the presence mask (so an informative availability
+        pattern is used, while absent modalities stay masked). "gate": a gated
+        (attention-MIL) pooling into one vector; "mean": the plain mean;
+        "concat": unweighted concatenation with zeros and the presence mask
+        (the unmasked baseline; its ``explain`` modality weights are uniform
+        over what is present).
     modality_dropout : float, default=0.2
         Probability, during training, of dropping each present modality of a
         row (at least one is always kept).
@@ -832,8 +838,20 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     def _forward(self, X):
         check_is_fitted(self)
         X, where = self._validate_predict_input(X)
-        out = self.net_.forward(self._dataset(X, where=where), training=False, device="cpu")
-        return FusionOutput(*out)
+        dataset = self._dataset(X, where=where)
+        if str(self.device_) != "cpu":
+            out = self.net_.forward(dataset, training=False, device="cpu")
+            return FusionOutput(*out)
+        # On the CPU, infer in float64: float32 kernels round differently with
+        # the batch's shape, so a row's output would depend on its neighbours.
+        module = copy.deepcopy(self.net_.module_).double().eval()
+        step = self.batch_size
+        with torch.inference_mode():
+            parts = [
+                module(dataset.x[i : i + step].double(), dataset.mask[i : i + step])
+                for i in range(0, len(dataset), step)
+            ]
+        return FusionOutput(*(torch.cat(field) for field in zip(*parts)))
 
     def _validate_predict_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
         """Validated float matrix, and where the input columns are in it.

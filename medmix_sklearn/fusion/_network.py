@@ -12,10 +12,15 @@ one token (tabular blocks skip the LayerNorm: a row-wise norm over a handful
 of unrelated clinical variables would erase their scale). The experts of one
 modality are pooled with per-sample weights over the experts present
 ("gate": masked softmax of a learned score; "mean": uniform). Modality tokens
-plus learned modality-type embeddings are pooled with per-sample weights over
-the modalities present ("attention", "gate", "mean"), or concatenated with
-zeros and the presence mask ("concat", the non-masked baseline). A row with no
-modality present gets a learned null representation, hence the learned prior.
+plus learned modality-type embeddings get per-sample weights over the
+modalities present. "attention" (the default) scores each token against a
+learned query, scales each modality's value by its weight and concatenates the
+slots with the presence mask, so complementary modalities keep their own
+coordinates and the availability pattern itself is an input (missingness can be
+informative: sicker patients get more imaging). "gate" and "mean" pool the
+weighted tokens into one vector; "concat" concatenates them unweighted with
+zeros and the mask (the non-masked baseline). A row with no modality present
+gets a learned null representation, hence the learned prior.
 """
 
 from __future__ import annotations
@@ -153,7 +158,7 @@ class MedMIXNetwork(nn.Module):
             self.value = nn.Linear(hidden_dim, hidden_dim)
         elif modality_fusion == "gate":
             self.gate = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 1))
-        elif modality_fusion == "concat":
+        if modality_fusion in ("attention", "concat"):
             self.concat_proj = nn.Sequential(
                 nn.Linear(n_modalities * hidden_dim + n_modalities, hidden_dim), nn.GELU()
             )
@@ -206,7 +211,13 @@ class MedMIXNetwork(nn.Module):
             keys = self.key(typed)
             scores = keys @ self.query / math.sqrt(self.hidden_dim)
             weights = masked_softmax(scores, mod_mask, dim=1)
-            fused = torch.einsum("nm,nmh->nh", weights, self.value(typed))
+            # Each modality keeps its own slot, scaled by its weight (times the
+            # number present, so weights average 1): a weighted sum into one
+            # vector measured worse, because complementary modalities then
+            # compete for the same coordinates (docs/benchmarks/quality.md).
+            m = mod_mask.to(tokens.dtype)
+            scaled = self.value(typed) * (weights * m.sum(dim=1, keepdim=True)).unsqueeze(2)
+            fused = self.concat_proj(torch.cat([scaled.flatten(1), m], dim=1))
         elif self.modality_fusion == "gate":
             weights = masked_softmax(self.gate(typed).squeeze(2), mod_mask, dim=1)
             fused = torch.einsum("nm,nmh->nh", weights, typed)
