@@ -5,36 +5,23 @@ standardises each feature on the rows where it is present, replaces every NaN
 before anything reaches torch, and trains :class:`MedMIXNetwork` through a
 private skorch net ``net_``.
 
-Defaults were checked by measurement with ``benchmarks/bench_classifier_speed.py
---sweep``: generated NaN-block data (1,500 training and 1,500 test rows, 3
-modalities x 2 experts x 64 dimensions, 30/40/50% of the modalities missing
-completely at random), test AUROC averaged over 2 seeds, one change at a time
-from the defaults (2-core machine, 1 torch thread)::
-
-    defaults                 0.870    hidden_dim=32     0.862   hidden_dim=128   0.865
-    lr=3e-3                  0.868    lr=3e-4           0.866   weight_decay=1e-2 0.870
-    dropout=0.0              0.871    dropout=0.3       0.874
-    modality_dropout=0.0     0.873    modality_dropout=0.4      0.868
-    aux_weight=0.0           0.872    aux_weight=1.0    0.868
-    expert_fusion="mean"     0.869
-    modality_fusion="gate"   0.873    "mean" 0.876      "concat" 0.869
-    early_stopping=False, max_epochs=30                         0.836
-
-Only early stopping matters clearly there (without it the network overfits);
-every other change moves AUROC by less than about 0.007, within the noise of two
-seeds. On this missing-completely-at-random generator, learned weighting,
-modality dropout and auxiliary heads neither help nor hurt; the defaults keep
-them at moderate values until the quality benchmark (its own issue) decides.
+Defaults are chosen by measurement. ``benchmarks/bench_quality.py``
+(docs/benchmarks/quality.md) compares them with the ablations (expert gate vs
+mean vs a single expert, modality attention vs mean vs concat, modality dropout
+and auxiliary heads on and off) and with scikit-learn baselines on the same
+folds. It is why "attention" keeps a weighted slot per modality: pooling the
+weighted tokens into one vector (the first design, still available as "gate"
+and "mean") trailed plain concatenation by 0.03 to 0.06 AUROC on the
+generator, where modalities carry complementary signal and missingness can
+depend on the label. ``benchmarks/bench_classifier_speed.py --sweep`` varies
+the other defaults one at a time on generated NaN-block data: only early
+stopping mattered clearly there (about 0.03 AUROC); the rest moved AUROC by
+less than the noise of two seeds.
 
 Teachers (``teacher=``) are training-only: alignment heads and cross-fitted
 soft labels enter the training loss, and are dropped at the end of ``fit``.
-``benchmarks/bench_teachers.py`` (docs/benchmarks/teachers.md) measured them
-with the defaults (5 folds x 3 seeds): on OpenI with privileged findings and
-impression text (students: indication + age, AUROC 0.750) no mode moved AUROC
-by more than 0.002; on generated images with an efficientnet_lite2 teacher
-for lite0 + lite1 students, alignment +0.003 (std 0.007), distillation from a
-logistic teacher weaker than the student -0.010. They are kept as options,
-off by default.
+``benchmarks/bench_teachers.py`` measures what they bring
+(docs/benchmarks/teachers.md); they are options, off by default.
 """
 
 from __future__ import annotations
