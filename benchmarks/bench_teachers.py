@@ -381,7 +381,7 @@ def report(doc: dict, out: str) -> str:
     lines += [
         "## cost: prediction time and pickle size (OpenI Pipeline, with teachers vs without)", "",
         _run_line(c), "",
-        f"Pipeline = embedder (indication MiniLM from the cache, age) + MedMIXClassifier; 'with' adds",
+        "Pipeline = embedder (indication MiniLM from the cache, age) + MedMIXClassifier; 'with' adds",
         "`teachers=[findings, impression]` to the embedder and `teacher=('align', LogReg)` to the",
         f"classifier. Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, in one run.", "",
         "| quantity | without | with | ratio with/without |",

@@ -8,20 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
 
 FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
-
-EXPECTED_FAILED_CHECKS = {
-    "check_sample_weight_equivalence_on_dense_data": (
-        "Mini-batch SGD with a shuffled order and a held-out validation split: "
-        "repeating a row is not the same optimisation path as doubling its weight."
-    ),
-}
-
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
@@ -31,14 +22,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@parametrize_with_checks(
-    [MedMIXClassifier(**FAST)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def block_frame(n=240, seed=0, p_missing=0.3, labels=None, teacher=False):

@@ -19,9 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from medmix_sklearn._layout import parse_feature_names
 from medmix_sklearn.embedding import EmbeddingCache, MultimodalExpertEmbedder
@@ -646,53 +644,6 @@ def test_numpy_input_for_tabular_modalities():
     assert np.isnan(Xt[1]).all()
     with pytest.raises(ValueError, match="X has 2 features, but MultimodalExpertEmbedder"):
         embedder.transform(X[:, :2])
-
-
-# -- scikit-learn conventions -------------------------------------------------
-# Checks outside parametrize_with_checks that scikit-learn runs on its own
-# estimators; those we fail on purpose are listed with the reason.
-EXPECTED_FAILED_CHECKS = {
-    "check_dataframe_column_names_consistency": (
-        "Like ColumnTransformer, a DataFrame is matched by column name at transform "
-        "time: reordered or extra columns are accepted, and training-only teacher "
-        "columns may be absent, so reordered names do not raise."
-    ),
-}
-TABULAR_EMBEDDERS = [
-    MultimodalExpertEmbedder([("tab", "passthrough", slice(None))]),
-    MultimodalExpertEmbedder([("tab", StandardScaler(), slice(None))]),
-]
-
-
-@parametrize_with_checks(
-    TABULAR_EMBEDDERS, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
-@pytest.mark.parametrize(
-    "check_name",
-    [
-        "check_transformer_get_feature_names_out",
-        "check_transformer_get_feature_names_out_pandas",
-        "check_set_output_transform",
-        "check_set_output_transform_pandas",
-        "check_global_output_transform_pandas",
-        "check_param_validation",
-        pytest.param(
-            "check_dataframe_column_names_consistency",
-            marks=pytest.mark.xfail(
-                reason=EXPECTED_FAILED_CHECKS["check_dataframe_column_names_consistency"],
-                strict=True,
-            ),
-        ),
-    ],
-)
-@pytest.mark.parametrize("estimator", TABULAR_EMBEDDERS, ids=["passthrough", "scaler"])
-@pytest.mark.filterwarnings("ignore:X (does not have valid|has) feature names:UserWarning")
-def test_more_sklearn_checks(estimator, check_name):
-    getattr(estimator_checks, check_name)(type(estimator).__name__, clone(estimator))
 
 
 # -- the real (tiny, random) experts -----------------------------------------
