@@ -510,3 +510,20 @@ def test_minilm_preset_separates_topics():
     assert out.shape == (3, 384)
     similar, unrelated = out[0] @ out[1], out[0] @ out[2]
     assert similar > unrelated + 0.3
+
+
+def test_preprocess_gives_the_same_embedding_without_the_model(tmp_path, tiny_image_model):
+    """``preprocess`` needs no weights, and its tensors embed like the images."""
+    import torch
+    from PIL import Image
+
+    from medmix_sklearn.experts import ImageExpert
+
+    expert = ImageExpert(tiny_image_model, pretrained=False)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8))
+    tensor = expert.preprocess(expert.read(image))
+    assert isinstance(tensor, torch.Tensor) and tensor.shape[0] == 3
+    assert not expert.is_loaded
+    np.testing.assert_allclose(
+        expert.embed([tensor]), expert.embed([expert.read(image)]), rtol=1e-5, atol=1e-6
+    )

@@ -916,7 +916,7 @@ def _content_key(expert: BaseExpert, item: Any):
 
 def _read(expert: BaseExpert, item: Any):
     try:
-        return expert.read(item)
+        return expert.preprocess(expert.read(item))
     except ItemReadError as exc:
         return exc
 

@@ -66,7 +66,8 @@ class BaseExpert(BaseEstimator, ABC):
         """Set parameters; forgets the loaded model and the cached fingerprint."""
         super().set_params(**params)
         self.unload()
-        self.__dict__.pop("_fingerprint_cache", None)
+        for key in ("_fingerprint_cache", "_input_transform"):
+            self.__dict__.pop(key, None)
         return self
 
     @abstractmethod
@@ -111,6 +112,16 @@ class BaseExpert(BaseEstimator, ABC):
     def read(self, item: Any) -> Any:
         """Decode an item into what ``_embed`` takes; raise ItemReadError on failure."""
 
+    def preprocess(self, decoded: Any) -> Any:
+        """Turn a decoded item into model input, without the model.
+
+        The embedder runs ``read`` and ``preprocess`` on worker threads, ahead
+        of the model, so heavy input work (resizing, normalising) overlaps
+        with inference. The default returns ``decoded`` unchanged; ``_embed``
+        must accept both forms.
+        """
+        return decoded
+
     # -- model --------------------------------------------------------------
     @abstractmethod
     def _load(self, device: str) -> Any:
@@ -154,6 +165,6 @@ class BaseExpert(BaseEstimator, ABC):
     # -- pickling -----------------------------------------------------------
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_model", "_model_device"):
+        for key in ("_model", "_model_device", "_input_transform"):
             state.pop(key, None)
         return state

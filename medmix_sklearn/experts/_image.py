@@ -324,6 +324,23 @@ class ImageExpert(BaseExpert):
         """Decode a path, bytes, array or PIL image into an RGB PIL image."""
         return load_image(item)
 
+    def preprocess(self, decoded):
+        """Resize, crop and normalise a decoded image into the model's input tensor."""
+        return self._transform()(decoded)
+
+    def _transform(self):
+        # Built from the data config alone, so no weights are needed; cached
+        # per instance (and dropped with the model on pickling).
+        transform = self.__dict__.get("_input_transform")
+        if transform is None:
+            from timm.data import create_transform
+
+            spec = self._spec()
+            info = _arch_info(spec.architecture, self.image_size)
+            transform = create_transform(**self._data_config(spec, info), is_training=False)
+            self.__dict__["_input_transform"] = transform
+        return transform
+
     # -- model -------------------------------------------------------------------
     def _load(self, device: str) -> _LoadedImageModel:
         import torch
@@ -378,7 +395,8 @@ class ImageExpert(BaseExpert):
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             tensors = [
-                model.transform(img if isinstance(img, Image.Image) else load_image(img))
+                img if isinstance(img, torch.Tensor)
+                else model.transform(img if isinstance(img, Image.Image) else load_image(img))
                 for img in chunk
             ]
             batch = torch.stack(tensors)
