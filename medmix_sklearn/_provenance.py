@@ -16,7 +16,6 @@ import datetime as _dt
 import logging
 import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from ._files import atomic_write
 from ._layout import parse_feature_names
 from .exceptions import ExpertFingerprintWarning
 
@@ -242,22 +242,10 @@ def save_model(estimator, path, *, X=None, metadata=None, compress=3):
         "provenance": provenance,
         "estimator": estimator,
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".joblib")
-    os.close(fd)
-    try:
-        joblib.dump(payload, tmp, compress=compress)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(
+        path, lambda tmp: joblib.dump(payload, tmp, compress=compress),
+        prefix=".model-", suffix=".joblib",
+    )
 
 
 def _read(path: str) -> dict:

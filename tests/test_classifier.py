@@ -12,16 +12,9 @@ import torch
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
 
-FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny networks on a shared 2-core machine: intra-op threads only add
-    # synchronisation cost.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
 
 
 def block_frame(n=240, seed=0, p_missing=0.3, labels=None, teacher=False):

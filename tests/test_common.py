@@ -8,13 +8,14 @@ covers.
 """
 
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from medmix_sklearn import MedMIXClassifier, MultimodalExpertEmbedder
+
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 EXPECTED_FAILED_CHECKS = {
     "MedMIXClassifier": {
@@ -51,14 +52,6 @@ ESTIMATORS = [
 
 def _expected_failed_checks(estimator):
     return EXPECTED_FAILED_CHECKS.get(type(estimator).__name__, {})
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)

@@ -18,16 +18,10 @@ from medmix_sklearn.fusion import MedMIXClassifier
 from medmix_sklearn.fusion._losses import FusionLoss, alignment_loss, distillation_loss
 from medmix_sklearn.fusion._network import AlignmentHeads, FusionOutput, MedMIXNetwork
 
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
 FAST = dict(hidden_dim=8, max_epochs=6, lr=2e-2, random_state=0)
 TEACHER_PREFIX = "teacher__"
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def teacher_frame(n=240, seed=0, p_missing=0.3, p_teacher_missing=0.25):

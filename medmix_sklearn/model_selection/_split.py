@@ -242,7 +242,11 @@ def _strata(
 
 
 class _MissingnessStratifiedMixin:
-    """Shared code: turn (X, y) into joint strata codes."""
+    """Shared code: the ``modalities`` parameter; turn (X, y) into joint strata codes."""
+
+    def __init__(self, n_splits=5, *, shuffle=False, random_state=None, modalities=None):
+        super().__init__(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
+        self.modalities = modalities
 
     def _patterns(self, X) -> np.ndarray:
         return pattern_labels(availability_patterns(X, self.modalities))
@@ -294,10 +298,6 @@ class MissingnessStratifiedKFold(_MissingnessStratifiedMixin, StratifiedKFold):
     [2, 2, 2, 2, 2]
     """
 
-    def __init__(self, n_splits=5, *, shuffle=False, random_state=None, modalities=None):
-        super().__init__(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
-        self.modalities = modalities
-
     def split(self, X, y=None, groups=None):
         """Generate indices to split data into training and test set.
 
@@ -346,10 +346,6 @@ class MissingnessStratifiedGroupKFold(_MissingnessStratifiedMixin, StratifiedGro
     --------
     MissingnessStratifiedKFold : the ungrouped splitter.
     """
-
-    def __init__(self, n_splits=5, *, shuffle=False, random_state=None, modalities=None):
-        super().__init__(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
-        self.modalities = modalities
 
     def split(self, X, y=None, groups=None):
         """Generate indices to split data into training and test set.

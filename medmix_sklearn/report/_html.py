@@ -6,13 +6,12 @@ import base64
 import datetime as _dt
 import html
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
+from .._files import atomic_write
 from . import _plots
 
 __all__ = ["render_report", "write_report"]
@@ -572,19 +571,9 @@ def write_report(
         weights=weights, robustness=robustness, model_card=model_card, tables=tables,
         title=title, n_bins=n_bins,
     )
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write, prefix=".report-", suffix=".html")
