@@ -49,7 +49,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -69,6 +68,8 @@ from sklearn.preprocessing import label_binarize  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+
+from _common import machine_description  # noqa: E402
 
 from _baselines import (  # noqa: E402
     BestSingleModality,
@@ -567,14 +568,6 @@ def report(doc: dict, out: str) -> str:
     return path
 
 
-def _machine() -> str:
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.platform()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"Python {platform.python_version()}, torch {torch.__version__}, load average at start {load:.1f}")
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small data, 3 folds, 1 seed (a few minutes)")
@@ -590,7 +583,7 @@ def main(argv=None) -> dict:
     settings = QUICK if args.quick else FULL
     out = args.out or (os.path.join(HERE, "out", "quick") if args.quick else os.path.join(ROOT, "docs", "benchmarks"))
     os.makedirs(out, exist_ok=True)
-    machine = _machine()
+    machine = machine_description()
     start = time.perf_counter()
     if args.embed_threads:
         import torch

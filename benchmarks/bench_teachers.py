@@ -45,7 +45,6 @@ import datetime as dt
 import json
 import os
 import pickle
-import platform
 import sys
 import time
 import warnings
@@ -63,6 +62,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split  # noqa: E
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+
+from _common import machine_description  # noqa: E402
 
 from _baselines import make_logistic, quiet_fit  # noqa: E402
 
@@ -300,14 +301,6 @@ def cost(rows, cache_dir, repeats) -> dict:
 # -- report ------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.platform()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"Python {platform.python_version()}, torch {torch.__version__}, load average at start {load:.1f}")
-
-
 def _run_line(section: dict) -> str:
     run = section.get("run")
     return f"Run: `{run['command']}` ({run['date']})." if run else ""
@@ -428,7 +421,7 @@ def main(argv=None) -> dict:
     os.makedirs(out, exist_ok=True)
     cache_dir = os.path.join(args.work, "cache")
     only = set(args.only or ["openi_privileged", "gen_large_small", "cost"])
-    machine = _machine()
+    machine = machine_description()
     start = time.perf_counter()
 
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
