@@ -6,6 +6,11 @@ import os
 import tempfile
 from collections.abc import Callable
 
+# Read once, at import: reading the umask means setting it, which is not
+# thread-safe, so it is not done on every write.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path, write: Callable[[str], None], *, prefix: str, suffix: str) -> str:
     """Create ``path`` in one step: ``write(tmp)`` fills a temporary file beside it.
@@ -22,9 +27,7 @@ def atomic_write(path, write: Callable[[str], None], *, prefix: str, suffix: str
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -100,12 +100,14 @@ def read_table(path: str) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write ``frame`` as Parquet (``.parquet``/``.pq``) or CSV, atomically."""
+    from ._files import atomic_write
+
     if path.lower().endswith((".parquet", ".pq")):
-        frame.to_parquet(path)
+        atomic_write(path, frame.to_parquet, prefix=".table-", suffix=".parquet")
     else:
-        frame.to_csv(path, index=False)
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False),
+                     prefix=".table-", suffix=".csv")
 
 
 def _columns_hint(frame: pd.DataFrame) -> str:
@@ -285,6 +287,8 @@ def _config_entries(config: dict, key: str, frame, pretrained: bool, used: set[s
             experts = item.get("experts") or [
                 _DEFAULT_IMAGE_EXPERT if kind == "image" else _DEFAULT_TEXT_EXPERT
             ]
+            if isinstance(experts, (str, dict)):  # one expert, not a list of them
+                experts = [experts]
             experts = [_make_expert(kind, e, pretrained=pretrained, where=where) for e in experts]
             entries.append((name, experts, columns))
             if kind == "image":
@@ -457,7 +461,9 @@ def _cross_validate(methods: dict, X: pd.DataFrame, y: np.ndarray, *, folds: int
                 Xr[np.ix_(drop, cols)] = np.nan
             versions[r] = pd.DataFrame(Xr, columns=X.columns)
         for method, make in methods.items():
-            model = clone(make()) if hasattr(make, "get_params") else make()
+            model = make()
+            if hasattr(model, "get_params"):
+                model = clone(model)  # a fresh estimator per fold, even if make() reuses one
             uses_teacher = hasattr(model, "explain")
             cols = X.columns if uses_teacher else X.columns[student_cols]
             # One OpenMP thread for the baselines: on a busy machine, OpenMP
@@ -685,8 +691,13 @@ def cmd_tune(args) -> int:
     text = json.dumps(best, indent=2, default=str)
     print(text)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+        from ._files import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+
+        atomic_write(args.out, write, prefix=".best-", suffix=".json")
         print(f"best parameters written to {args.out}", file=sys.stderr)
     return 0
 

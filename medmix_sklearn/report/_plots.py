@@ -111,7 +111,7 @@ def weights_figure(groups: dict[str, dict[str, np.ndarray]]) -> bytes:
     for ax, (name, series) in zip(axes, panels):
         labels = list(series)
         data = [np.asarray(series[k], dtype=float) for k in labels]
-        data = [d[np.isfinite(d)] if d.size else np.array([np.nan]) for d in data]
+        data = [d[np.isfinite(d)] for d in data]
         ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showfliers=False)
         ax.set_xticks(np.arange(1, len(labels) + 1))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
