@@ -527,3 +527,41 @@ def test_preprocess_gives_the_same_embedding_without_the_model(tmp_path, tiny_im
     np.testing.assert_allclose(
         expert.embed([tensor]), expert.embed([expert.read(image)]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_assigning_a_parameter_forgets_model_and_fingerprint(tiny_image_model):
+    expert = ImageExpert(tiny_image_model, pretrained=False)
+    fingerprint = expert.fingerprint()
+    image = load_image(_gradient())
+    expert.embed([image])
+    assert expert.is_loaded
+    expert.image_size = 96  # not through set_params
+    assert not expert.is_loaded
+    resized = ImageExpert(tiny_image_model, pretrained=False, image_size=96)
+    assert expert.fingerprint() == resized.fingerprint() != fingerprint
+    np.testing.assert_array_equal(expert.embed([image]), resized.embed([image]))
+    # The name only labels columns: renaming keeps the model.
+    expert.name = "xr"
+    assert expert.is_loaded and expert.fingerprint() == resized.fingerprint()
+    # An unpickled expert recomputes its fingerprint where it is loaded.
+    assert "_fingerprint_cache" not in pickle.loads(pickle.dumps(expert)).__dict__
+
+
+def test_palette_images_with_other_palettes_have_other_keys():
+    indices = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    red, blue = Image.fromarray(indices, mode="P"), Image.fromarray(indices, mode="P")
+    red.putpalette([0, 0, 0, 255, 0, 0])
+    blue.putpalette([0, 0, 0, 0, 0, 255])
+    assert not np.array_equal(np.asarray(load_image(red)), np.asarray(load_image(blue)))
+    assert image_content_key(red) != image_content_key(blue)
+    copy = Image.fromarray(indices, mode="P")
+    copy.putpalette([0, 0, 0, 255, 0, 0])
+    assert image_content_key(copy) == image_content_key(red)
+
+
+def test_embed_refuses_bad_items_and_batch_size(text_expert, image_expert):
+    with pytest.raises(ItemReadError, match="NoneType"):
+        text_expert.embed(["cough", None])
+    for expert, items in ((text_expert, ["cough"]), (image_expert, [load_image(_gradient())])):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer. Got 0"):
+            expert.embed(items, batch_size=0)

@@ -727,7 +727,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     good_keys.append(key)
                     decoded.append(value)
             if decoded:
-                embedded = self._run_expert(expert, decoded, where)
+                embedded = self._run_expert(expert, decoded, dim, where)
                 for key, vector in zip(good_keys, embedded):
                     vectors[key] = vector
                 if cache is not None:
@@ -749,13 +749,13 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         )
         return vectors, failed
 
-    def _run_expert(self, expert: BaseExpert, decoded: list, where: str) -> np.ndarray:
+    def _run_expert(self, expert: BaseExpert, decoded: list, dim: int, where: str) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             embedded = expert.embed(decoded, device=self.device_, batch_size=self.batch_size)
         embedded = np.asarray(embedded, dtype=np.float32)
-        expected = (len(decoded), int(expert.output_dim))
+        expected = (len(decoded), dim)
         if embedded.shape != expected:
             raise RuntimeError(
                 f"Expert {where} returned embeddings of shape {embedded.shape} for "

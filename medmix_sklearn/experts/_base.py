@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from abc import ABC, abstractmethod
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -65,10 +66,22 @@ class BaseExpert(BaseEstimator, ABC):
     def set_params(self, **params):
         """Set parameters; forgets the loaded model and the cached fingerprint."""
         super().set_params(**params)
+        self._forget()
+        return self
+
+    def __setattr__(self, key: str, value) -> None:
+        # A parameter assigned directly (``expert.image_size = 96``) must not keep
+        # the model and fingerprint of the old value: the cache would file the new
+        # embeddings under the old fingerprint. ``name`` only labels columns.
+        super().__setattr__(key, value)
+        if not key.startswith("_") and key != "name":
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop everything derived from the parameters: model, fingerprint, transform."""
         self.unload()
         for key in ("_fingerprint_cache", "_input_transform"):
             self.__dict__.pop(key, None)
-        return self
 
     @abstractmethod
     def _fingerprint_parts(self) -> dict:
@@ -80,8 +93,11 @@ class BaseExpert(BaseEstimator, ABC):
     def fingerprint(self) -> str:
         """Hex digest identifying this expert's embeddings, for the cache.
 
-        Combines the model name, a hash of its weights, the preprocessing
-        configuration and :data:`CACHE_FORMAT_VERSION`. It never loads the model.
+        Combines the model name, the weights (a hash of the weights files, or
+        the seed or source of weights that are not read from a file), the
+        preprocessing configuration and :data:`CACHE_FORMAT_VERSION`. It never
+        loads the model. It is remembered by the instance until a parameter
+        changes; an unpickled expert computes it afresh.
         """
         cached = self.__dict__.get("_fingerprint_cache")
         if cached is None:
@@ -152,6 +168,8 @@ class BaseExpert(BaseEstimator, ABC):
         -------
         embeddings : ndarray of shape (len(items), output_dim), dtype float32
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer. Got {batch_size!r} instead.")
         if len(items) == 0:
             return np.empty((0, self.output_dim), dtype=np.float32)
         model = self._get_model(device)
@@ -165,6 +183,8 @@ class BaseExpert(BaseEstimator, ABC):
     # -- pickling -----------------------------------------------------------
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_model", "_model_device", "_input_transform"):
+        # The fingerprint is dropped too: the weights files it hashed may differ
+        # where the expert is unpickled.
+        for key in ("_model", "_model_device", "_input_transform", "_fingerprint_cache"):
             state.pop(key, None)
         return state

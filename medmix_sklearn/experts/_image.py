@@ -344,7 +344,6 @@ class ImageExpert(BaseExpert):
     # -- model -------------------------------------------------------------------
     def _load(self, device: str) -> _LoadedImageModel:
         import torch
-        from timm.data import create_transform
 
         timm = _timm()
         spec = self._spec()
@@ -379,7 +378,7 @@ class ImageExpert(BaseExpert):
         module = module.to(device)
         if torch.device(device).type == "cuda":
             module = module.to(memory_format=torch.channels_last)
-        transform = create_transform(**self._data_config(spec, info), is_training=False)
+        transform = self._transform()
         logger.debug("Loaded image expert %s (%s weights) on %s", self.name, spec.weights, device)
         return _LoadedImageModel(module, transform)
 

@@ -238,7 +238,7 @@ def image_content_key(item: Any) -> str:
 
     Files are hashed by their bytes (read in chunks), so the same file under
     two paths has one key. Arrays are hashed with their shape and dtype; PIL
-    images with their mode and size.
+    images with their mode, size and (palette images) palette.
     """
     digest = hashlib.sha256()
     if isinstance(item, Image.Image):
@@ -248,6 +248,10 @@ def image_content_key(item: Any) -> str:
             raise ItemReadError(f"Cannot read {_describe(item)}: {exc}") from exc
         digest.update(f"pil\0{item.mode}\0{item.size}\0".encode())
         digest.update(data)
+        # A palette image's bytes are indices: the palette decides the colours.
+        palette = item.getpalette() if item.mode in ("P", "PA") else None
+        if palette:
+            digest.update(b"\0palette\0" + bytes(palette))
         return digest.hexdigest()
     if isinstance(item, np.ndarray):
         digest.update(f"array\0{item.dtype.str}\0{item.shape}\0".encode())

@@ -249,7 +249,9 @@ class TextExpert(BaseExpert):
     def _embed(self, model: _LoadedTextModel, items: list, *, device: str, batch_size: int):
         import torch
 
-        texts = [str(t) for t in items]
+        # read() is idempotent on its own output and refuses a non-text (None,
+        # NaN) instead of embedding its repr.
+        texts = [self.read(t) for t in items]
         on_cuda = torch.device(device).type == "cuda"
         autocast = contextlib.nullcontext
         if on_cuda:
@@ -261,7 +263,9 @@ class TextExpert(BaseExpert):
         # Longest first: similar lengths share a batch, and an out-of-memory
         # failure shows on the first batch rather than the last.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        result = np.empty((len(texts), self.output_dim), dtype=np.float32)
+        # Sized from the first batch: self.output_dim would resolve the model
+        # source (and read its config) again on every call.
+        result = None
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             encoded = model.tokenizer(
@@ -282,5 +286,8 @@ class TextExpert(BaseExpert):
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            result[index] = pooled.cpu().numpy()
+            pooled = pooled.cpu().numpy()
+            if result is None:
+                result = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            result[index] = pooled
         return result
