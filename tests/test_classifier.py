@@ -218,6 +218,12 @@ def test_partial_fit_one_epoch_per_call(fitted):
         clf.partial_fit(X, np.full(len(y), 5))
 
 
+def test_partial_fit_first_call_rejects_labels_outside_classes(fitted):
+    _, X, y = fitted
+    with pytest.raises(ValueError, match=r"labels \[2\] that are not in classes_ \[0, 1\]"):
+        MedMIXClassifier(**FAST).partial_fit(X, np.where(y == 1, 2, 0), classes=[0, 1])
+
+
 def test_reproducible_for_fixed_random_state(fitted):
     _, X, y = fitted
     a = MedMIXClassifier(**FAST).fit(X, y).predict_proba(X)
@@ -266,7 +272,7 @@ def test_modality_absent_everywhere_warns(fitted):
     assert (clf.explain(X2)["modality_weight__report"] == 0).all()
 
 
-def test_verbose_logs_each_epoch(fitted, caplog):
+def test_each_epoch_is_logged(fitted, caplog):
     _, X, y = fitted
     with caplog.at_level(logging.INFO, logger="medmix_sklearn.fusion._net"):
         MedMIXClassifier(**{**FAST, "max_epochs": 3, "early_stopping": False}).fit(X, y)

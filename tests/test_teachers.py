@@ -209,7 +209,7 @@ def test_teacher_terms_only_in_training_loss():
     y = torch.tensor([0, 1, 0, 1, 1])
     out = net(x, mask, return_tokens=True)
     assert len(out) == 7 and all(torch.equal(a, b) for a, b in zip(out[:5], net(x, mask)))
-    FusionOutput(*out[:5])
+    assert FusionOutput(*out[:5]).logits.shape == (5, 2)
     heads = AlignmentHeads(8, [3], [-1])
     preds, present = heads(out[5], out[6], out[4])
     align = (preds, torch.randn(5, 3), present)
@@ -246,6 +246,14 @@ def test_pickle_size_and_fitted_state_hold_no_teacher(data):
     assert b"AlignmentHeads" not in pickle.dumps(taught)
     loaded = pickle.loads(pickle.dumps(taught))
     np.testing.assert_array_equal(loaded.predict_proba(X), taught.predict_proba(X))
+
+
+def test_fitted_net_keeps_no_teacher_values(data):
+    X, y = data
+    clf = MedMIXClassifier(teacher=("align", small_hgb()), **FAST).fit(X, y)
+    # Early stopping's held-out rows stay on the net (its train_split); without teacher tensors.
+    valid = clf.net_.train_split.keywords["valid_ds"]
+    assert len(valid) > 0 and valid.teacher == {}
 
 
 class RecordingTeacher(ClassifierMixin, BaseEstimator):

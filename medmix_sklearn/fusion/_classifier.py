@@ -357,6 +357,10 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         # Training-only: the heads and their optimizer go, so prediction and
         # the pickle are those of a model trained without a teacher.
         self.net_.drop_teacher()
+        if valid is not None:
+            # The net keeps the held-out rows for its train_split; their teacher
+            # values are training-only too.
+            valid.teacher.clear()
         self.n_iter_ = len(self.net_.history)
         return self
 
@@ -364,7 +368,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """Train one epoch on ``(X, y)``, continuing from the previous call.
 
         The first call fixes the layout, the feature standardisation and the
-        classes; no validation split is held out.
+        classes (and ``class_weight="balanced"`` weights, from its ``y``); no
+        validation split is held out.
 
         Parameters
         ----------
@@ -400,21 +405,23 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     f"MedMIXClassifier needs at least 2 classes; got {list(self.classes_)!r}. "
                     "Pass all classes with `classes=` on the first call to partial_fit."
                 )
-            self._fit_preprocessing(X)
-            self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            self._generator = torch.Generator().manual_seed(self.seed_)
-            self.class_weight_ = self._class_weights(self._encoder.transform(y))
-            self.net_ = self._build_net(None)
-            with self._rng(self.seed_):
-                self.net_.initialize()
-            self.n_iter_ = 0
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
             raise ValueError(
                 f"y contains labels {unseen.tolist()!r} that are not in classes_ "
                 f"{self.classes_.tolist()!r}. Pass every class with `classes=` on the first call."
             )
-        dataset = self._dataset(X, self._encoder.transform(y), sample_weight)
+        y_enc = self._encoder.transform(y)
+        if first:
+            self._fit_preprocessing(X)
+            self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+            self._generator = torch.Generator().manual_seed(self.seed_)
+            self.class_weight_ = self._class_weights(y_enc)
+            self.net_ = self._build_net(None)
+            with self._rng(self.seed_):
+                self.net_.initialize()
+            self.n_iter_ = 0
+        dataset = self._dataset(X, y_enc, sample_weight)
         with self._rng(self.seed_ + self.n_iter_ + 1):
             self.net_.partial_fit(dataset, None, epochs=1)
         self.n_iter_ += 1
