@@ -466,6 +466,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         modality weights sum to 1 over the modalities present. Absent entries
         are exactly 0. A row with nothing present has all weights 0.
 
+        How to read them: an expert weight is the share of that expert's token
+        in its modality's token. A modality weight (with "attention") scales
+        that modality's slot before a layer shared by all rows, so it says how
+        much more or less the modality counts for this row than for others,
+        not an absolute share of the prediction. With "concat" the weights are
+        uniform over what is present: that fusion learns no per-row weighting.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
