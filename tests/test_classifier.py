@@ -320,3 +320,10 @@ def test_pipeline_with_embedder_under_cross_val_score(tiny_text_model_dir):
     clf = pipe.named_steps["clf"]
     assert clf.modalities_ == ["report", "labs"]
     assert set(pipe.predict(df)) <= {"sick", "well"}
+
+
+def test_verbose_progress_bar_closes_after_early_stopping(fitted):
+    _, X, y = fitted
+    clf = MedMIXClassifier(**{**FAST, "max_epochs": 200, "patience": 1, "verbose": 1}).fit(X, y)
+    assert clf.n_iter_ < 200  # stopped early
+    assert dict(clf.net_.callbacks_)["epoch_log"].bar_ is None

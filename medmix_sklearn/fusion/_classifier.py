@@ -354,6 +354,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.net_ = self._build_net(valid, aligner=aligner)
         with self._rng(self.seed_):
             self.net_.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
+        dict(self.net_.callbacks_)["epoch_log"].close()
         # Training-only: the heads and their optimizer go, so prediction and
         # the pickle are those of a model trained without a teacher.
         self.net_.drop_teacher()

@@ -145,7 +145,12 @@ class EpochLog(Callback):
     def on_train_end(self, net, X=None, y=None, **kwargs) -> None:
         # A bar spans one fit; partial_fit calls keep updating the same bar
         # until it is full.
-        if self.bar_ is not None and (self.total is None or self.bar_.n >= self.total):
+        if self.total is None or (self.bar_ is not None and self.bar_.n >= self.total):
+            self.close()
+
+    def close(self) -> None:
+        """Close the progress bar (``fit`` ends here, early stopping or not)."""
+        if self.bar_ is not None:
             self.bar_.close()
             self.bar_ = None
 
