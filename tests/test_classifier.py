@@ -327,3 +327,11 @@ def test_verbose_progress_bar_closes_after_early_stopping(fitted):
     clf = MedMIXClassifier(**{**FAST, "max_epochs": 200, "patience": 1, "verbose": 1}).fit(X, y)
     assert clf.n_iter_ < 200  # stopped early
     assert dict(clf.net_.callbacks_)["epoch_log"].bar_ is None
+
+
+def test_partial_fit_rejects_other_classes_later(fitted):
+    _, X, y = fitted
+    clf = MedMIXClassifier(**FAST).partial_fit(X, y, classes=np.unique(y))
+    clf.partial_fit(X, y, classes=np.unique(y))  # the same classes are fine
+    with pytest.raises(ValueError, match="differs from the classes of the first call"):
+        clf.partial_fit(X, y, classes=[*np.unique(y), "extra"])

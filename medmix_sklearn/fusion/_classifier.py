@@ -406,6 +406,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     f"MedMIXClassifier needs at least 2 classes; got {list(self.classes_)!r}. "
                     "Pass all classes with `classes=` on the first call to partial_fit."
                 )
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={np.unique(classes).tolist()!r} differs from the classes of the first "
+                f"call to partial_fit, {self.classes_.tolist()!r}. Call fit to start over."
+            )
         unseen = np.setdiff1d(np.unique(y), self.classes_)
         if unseen.size:
             raise ValueError(
