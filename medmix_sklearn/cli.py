@@ -435,6 +435,7 @@ def _cross_validate(methods: dict, X: pd.DataFrame, y: np.ndarray, *, folds: int
     from tqdm.auto import tqdm
 
     from .model_selection import MissingnessStratifiedKFold
+    from .report._html import _auroc
 
     groups, teacher_cols = _modality_columns(X.columns)
     student_cols = [i for i in range(X.shape[1]) if i not in set(teacher_cols)]
@@ -488,19 +489,6 @@ def _cross_validate(methods: dict, X: pd.DataFrame, y: np.ndarray, *, folds: int
     explained = pd.concat(weights).sort_index() if weights else None
     return {"proba": oof, "classes": classes, "robustness": robustness,
             "weights": explained, "fold_scores": pd.DataFrame(fold_scores)}
-
-
-def _auroc(y, proba, classes) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], proba[:, 1]))
-    try:
-        return float(roc_auc_score(y, proba, multi_class="ovr", labels=classes))
-    except ValueError:
-        return float("nan")
 
 
 def _scoring(y) -> str:

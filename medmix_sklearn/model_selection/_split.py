@@ -190,7 +190,7 @@ def availability_patterns(X, modalities=None) -> pd.DataFrame:
 
 def pattern_labels(patterns: pd.DataFrame) -> np.ndarray:
     """One string per row naming the modalities present: ``"xray+labs"``, ``"none"``."""
-    names = np.asarray(patterns.columns, dtype=object)
+    names = np.asarray([str(c) for c in patterns.columns], dtype=object)
     values = patterns.to_numpy(dtype=bool)
     return np.array(["+".join(names[row]) or "none" for row in values], dtype=object)
 

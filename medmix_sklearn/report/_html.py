@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._files import atomic_write
+from ..model_selection._split import pattern_labels
 from . import _plots
 
 __all__ = ["render_report", "write_report"]
@@ -196,14 +197,8 @@ def _roc_curves(y, methods, classes):
     return curves
 
 
-def _pattern_names(availability: pd.DataFrame) -> np.ndarray:
-    names = np.asarray([str(c) for c in availability.columns], dtype=object)
-    values = availability.to_numpy(dtype=bool)
-    return np.array(["+".join(names[row]) or "none" for row in values], dtype=object)
-
-
 def _pattern_table(y, methods, classes, availability: pd.DataFrame) -> pd.DataFrame:
-    names = _pattern_names(availability)
+    names = pattern_labels(availability)
     order = pd.Series(names).value_counts(sort=True)
     rows = {}
     for pattern in order.index:
