@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test chromium clean
+.PHONY: demo test test-min chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,8 +31,22 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed and apt-get not usable: the browser test will be skipped"; fi; }
 
+# ruff first (seconds), then the suite; pytest also runs every docstring's Examples.
 test: $(VENV)/.stamp-test chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The suite against the lowest versions pyproject.toml allows, in a separate venv.
+# torch is left to the resolver (on this project's machines it comes from the
+# local disk); every other runtime dependency is pinned to its lower bound.
+MIN_VENV := .venv-min
+test-min:
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV) || python3 -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python .ci/min_constraints.py --skip torch > $(MIN_VENV)/constraints-min.txt
+	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/constraints-min.txt -e ".[test]"
+	$(MIN_VENV)/bin/python -m pip freeze > $(MIN_VENV)/installed.txt
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info
