@@ -33,19 +33,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import KFold, cross_val_score  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
-from medmix_sklearn.embedding import MultimodalExpertEmbedder  # noqa: E402
-from medmix_sklearn.experts import ImageExpert, TextExpert  # noqa: E402
-from medmix_sklearn.experts._registry import find_preset  # noqa: E402
+from medmix_sklearn.embedding import MultimodalExpertEmbedder
+from medmix_sklearn.experts import ImageExpert, TextExpert
+from medmix_sklearn.experts._registry import find_preset
 
 WORDS = (
     "no evidence of acute cardiopulmonary disease normal chest heart size lungs clear "

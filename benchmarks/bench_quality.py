@@ -58,18 +58,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
-from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, train_test_split  # noqa: E402
-from sklearn.preprocessing import label_binarize  # noqa: E402
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.preprocessing import label_binarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-
-from _common import machine_description  # noqa: E402
 
 from _baselines import (  # noqa: E402
     BestSingleModality,
@@ -81,6 +79,7 @@ from _baselines import (  # noqa: E402
     modality_presence,
     quiet_fit,
 )
+from _common import machine_description  # noqa: E402
 
 from medmix_sklearn._layout import parse_feature_names  # noqa: E402
 
@@ -553,7 +552,11 @@ def report(doc: dict, out: str) -> str:
         for method, m in res["methods"].items():
             r = m["robustness_auroc"]
             label = f"**{m['label']}**" if method == "medmix" else m["label"]
-            delta = "" if method == "medmix" else _fmt(m["medmix_minus_this_auroc_mean"], m["medmix_minus_this_auroc_std"])
+            delta = (
+                ""
+                if method == "medmix"
+                else _fmt(m["medmix_minus_this_auroc_mean"], m["medmix_minus_this_auroc_std"])
+            )
             lines.append(
                 f"| {label} | {_fmt(m['auroc_mean'], m['auroc_std'])} | {_fmt(m['auprc_mean'], m['auprc_std'])} "
                 f"| {delta} | {r['0.25']['mean']:.3f} | {r['0.5']['mean']:.3f} | {r['0.75']['mean']:.3f} "

@@ -43,18 +43,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from optuna_integration import OptunaSearchCV  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import numpy as np
+import optuna
+from optuna_integration import OptunaSearchCV
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
-from medmix_sklearn.datasets import make_multimodal_classification  # noqa: E402
-from medmix_sklearn.embedding import MultimodalExpertEmbedder  # noqa: E402
-from medmix_sklearn.experts import ImageExpert, TextExpert  # noqa: E402
-from medmix_sklearn.fusion import MedMIXClassifier  # noqa: E402
-from medmix_sklearn.model_selection import (  # noqa: E402
+from medmix_sklearn.datasets import make_multimodal_classification
+from medmix_sklearn.embedding import MultimodalExpertEmbedder
+from medmix_sklearn.experts import ImageExpert, TextExpert
+from medmix_sklearn.fusion import MedMIXClassifier
+from medmix_sklearn.model_selection import (
     MissingnessStratifiedKFold,
     availability_patterns,
     default_search_space,

@@ -53,19 +53,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, train_test_split  # noqa: E402
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from _common import machine_description  # noqa: E402
-
 from _baselines import make_logistic, quiet_fit  # noqa: E402
+from _common import machine_description  # noqa: E402
 
 FULL = dict(openi_rows=None, gen_n=800, n_folds=5, seeds=(0, 1, 2), cost_repeats=20)
 QUICK = dict(openi_rows=600, gen_n=200, n_folds=3, seeds=(0,), cost_repeats=10)
@@ -376,7 +375,9 @@ def report(doc: dict, out: str) -> str:
         _run_line(c), "",
         "Pipeline = embedder (indication MiniLM from the cache, age) + MedMIXClassifier; 'with' adds",
         "`teachers=[findings, impression]` to the embedder and `teacher=('align', LogReg)` to the",
-        f"classifier. Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, in one run.", "",
+        f"classifier. Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, "
+        "in one run.",
+        "",
         "| quantity | without | with | ratio with/without |",
         "| --- | --- | --- | --- |",
     ]

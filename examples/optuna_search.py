@@ -35,18 +35,18 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import optuna  # noqa: E402
-from optuna_integration import OptunaSearchCV  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
+import optuna
+from optuna_integration import OptunaSearchCV
+from sklearn.pipeline import Pipeline
 
-from medmix_sklearn import (  # noqa: E402
+from medmix_sklearn import (
     ImageExpert,
     MedMIXClassifier,
     MultimodalExpertEmbedder,
     TextExpert,
 )
-from medmix_sklearn.datasets import make_multimodal_classification  # noqa: E402
-from medmix_sklearn.model_selection import (  # noqa: E402
+from medmix_sklearn.datasets import make_multimodal_classification
+from medmix_sklearn.model_selection import (
     MissingnessStratifiedKFold,
     create_study,
     default_search_space,

@@ -26,19 +26,19 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from sklearn.compose import ColumnTransformer  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
+import numpy as np
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from medmix_sklearn import (  # noqa: E402
+from medmix_sklearn import (
     ImageExpert,
     MedMIXClassifier,
     MultimodalExpertEmbedder,
     TextExpert,
 )
-from medmix_sklearn.datasets import make_multimodal_classification  # noqa: E402
+from medmix_sklearn.datasets import make_multimodal_classification
 
 LABS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]
 

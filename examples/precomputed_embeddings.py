@@ -121,6 +121,7 @@ if __name__ == "__main__":
     weights = result["weights"]
     print("mean expert weights of the CT experts, over rows with a CT:")
     has_ct = weights["modality_weight__ct"] > 0
-    print(weights.loc[has_ct, ["expert_weight__ct__ct_large", "expert_weight__ct__ct_small"]].mean().round(3).to_string())
+    ct_experts = ["expert_weight__ct__ct_large", "expert_weight__ct__ct_small"]
+    print(weights.loc[has_ct, ct_experts].mean().round(3).to_string())
     print("mean modality weights over all rows:")
     print(weights.filter(like="modality_weight__").mean().round(3).to_string())

@@ -32,19 +32,19 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
+import numpy as np
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
 
-from medmix_sklearn import (  # noqa: E402
+from medmix_sklearn import (
     ImageExpert,
     MedMIXClassifier,
     MultimodalExpertEmbedder,
     TextExpert,
 )
-from medmix_sklearn.datasets import make_multimodal_classification  # noqa: E402
+from medmix_sklearn.datasets import make_multimodal_classification
 
 LABS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]
 

@@ -7,9 +7,9 @@ modalities; :class:`MedMIXClassifier` fuses experts and modalities with learned,
 per-sample weights.
 """
 
+from ._provenance import describe_model, load_model, save_model
 from .embedding import EmbeddingCache, MultimodalExpertEmbedder
 from .experts import ImageExpert, TextExpert, list_presets
-from ._provenance import describe_model, load_model, save_model
 from .fusion import MedMIXClassifier
 from .report import write_report
 

@@ -195,7 +195,7 @@ def describe_model(estimator, X=None) -> dict:
     return {
         "library": "medmix_sklearn",
         "version": _library_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "estimator": type(estimator).__name__,
         "packages": _package_versions(),
         "experts": experts,

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from _baselines import (  # noqa: E402
+from _baselines import (
     BestSingleModality,
     BlockImputer,
     LateFusionClassifier,

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
-
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
 
@@ -62,7 +61,7 @@ def test_layout_from_names(fitted):
 def test_layout_from_blocks_matches_names(fitted):
     clf, X, y = fitted
     mapping = {
-        "xray": {"a": range(0, 4), "b": range(4, 8)},
+        "xray": {"a": range(4), "b": range(4, 8)},
         "report": {"a": range(8, 12), "b": range(12, 16)},
         "labs": [16, 17],
     }

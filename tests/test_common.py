@@ -8,14 +8,13 @@ covers.
 """
 
 import pytest
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from medmix_sklearn import MedMIXClassifier, MultimodalExpertEmbedder
-
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 EXPECTED_FAILED_CHECKS = {
     "MedMIXClassifier": {

@@ -19,8 +19,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 
-from medmix_sklearn.datasets import OPENI_TARGETS, load_openi, make_multimodal_classification
-from medmix_sklearn.datasets import _openi
+from medmix_sklearn.datasets import OPENI_TARGETS, _openi, load_openi, make_multimodal_classification
 from medmix_sklearn.exceptions import MissingExtraError
 
 LABS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]

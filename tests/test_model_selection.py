@@ -96,7 +96,7 @@ def test_patterns_from_raw_equal_patterns_from_embedded_matrix():
     pd.testing.assert_frame_equal(from_raw, from_emb)
     assert from_raw.dtypes.eq(bool).all()
     # A numpy embedded matrix with an explicit mapping gives the same pattern.
-    mapping = {"xray": range(0, 4), "report": range(4, 7), "labs": [7, 8]}
+    mapping = {"xray": range(4), "report": range(4, 7), "labs": [7, 8]}
     from_np = availability_patterns(emb.to_numpy(), mapping)
     np.testing.assert_array_equal(from_np.to_numpy(), from_raw.to_numpy())
     # Several patterns really occur, so the check above is not trivial.

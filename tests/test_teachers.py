@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
@@ -17,8 +18,6 @@ from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
 from medmix_sklearn.fusion._losses import FusionLoss, alignment_loss, distillation_loss
 from medmix_sklearn.fusion._network import AlignmentHeads, FusionOutput, MedMIXNetwork
-
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 FAST = dict(hidden_dim=8, max_epochs=6, lr=2e-2, random_state=0)
 TEACHER_PREFIX = "teacher__"
@@ -199,7 +198,8 @@ def test_distillation_loss_ignores_masked_rows():
     assert torch.equal(logits.grad[1], torch.zeros(2))
     # Student equal to the tempered teacher: 0. No row: exactly 0.
     p = torch.tensor([[0.7, 0.3]])
-    assert distillation_loss(torch.log(p), p, torch.tensor([True]), torch.ones(1), 1.0).item() == pytest.approx(0, abs=1e-6)
+    loss = distillation_loss(torch.log(p), p, torch.tensor([True]), torch.ones(1), 1.0)
+    assert loss.item() == pytest.approx(0, abs=1e-6)
     assert distillation_loss(logits, soft, torch.zeros(3, dtype=torch.bool), torch.ones(3), 2.0).item() == 0.0
 
 

@@ -28,8 +28,8 @@ import re
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 

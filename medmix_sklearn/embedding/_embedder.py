@@ -184,12 +184,22 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     >>> from sklearn.preprocessing import StandardScaler
     >>> X = pd.DataFrame({"age": [60.0, np.nan, 40.0], "hr": [80.0, np.nan, 70.0]})
     >>> embedder = MultimodalExpertEmbedder([("labs", StandardScaler(), ["age", "hr"])])
-    >>> embedder.fit_transform(X)
-    array([[ 1.,  1.],
-           [nan, nan],
-           [-1., -1.]], dtype=float32)
+    >>> Xt = embedder.fit_transform(X)
+    >>> Xt
+       labs__age  labs__hr
+    0        1.0       1.0
+    1        NaN       NaN
+    2       -1.0      -1.0
+    >>> Xt.dtypes.unique().tolist()
+    [dtype('float32')]
     >>> embedder.get_feature_names_out().tolist()
     ['labs__age', 'labs__hr']
+
+    A DataFrame in gives a DataFrame out, whose column names carry the block
+    layout; ``set_output(transform="default")`` gives a float32 array instead.
+
+    >>> embedder.set_output(transform="default").fit_transform(X).dtype
+    dtype('float32')
     """
 
     _parameter_constraints: dict = {
@@ -544,7 +554,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             if hasattr(spec, "get_feature_names_out"):
                 try:
                     features = [str(f) for f in spec.get_feature_names_out(inputs)]
-                except Exception:  # noqa: BLE001 - any failure means "no names"
+                except Exception:  # any failure means "no names"
                     features = None
             if features is None or len(features) != width:
                 features = [str(k) for k in range(width)]

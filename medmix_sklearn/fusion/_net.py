@@ -21,7 +21,7 @@ weights.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class BlockDataset(torch.utils.data.Dataset):
             batch[key] = value[idx]
         return batch, self.y[idx]
 
-    def subset(self, idx: np.ndarray) -> "BlockDataset":
+    def subset(self, idx: np.ndarray) -> BlockDataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
         out = BlockDataset.__new__(BlockDataset)
         out.x, out.mask = self.x[idx], self.mask[idx]

@@ -26,7 +26,8 @@ gets a learned null representation, hence the learned prior.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

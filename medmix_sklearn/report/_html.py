@@ -481,7 +481,7 @@ def render_report(
     if model_card:
         sections.append(("model-card", "Model card", _card_value(dict(model_card))))
 
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     toc = "".join(f'<li><a href="#{_e(a)}">{_e(h)}</a></li>' for a, h, _ in sections)
     body = "".join(_section(a, h, b) for a, h, b in sections)
     return (

@@ -56,7 +56,7 @@ def calibration_figure(
     """Reliability diagram: ``{method: (mean predicted, observed, counts)}`` per bin."""
     fig, (ax,) = _figure(5.6, 4.6)
     ax.plot([0, 1], [0, 1], linestyle=":", color="#888888", linewidth=1, label="perfect")
-    for i, (method, (predicted, observed, counts)) in enumerate(curves.items()):
+    for i, (method, (predicted, observed, _counts)) in enumerate(curves.items()):
         ax.plot(predicted, observed, marker="o", markersize=4, color=color(i), label=method)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
