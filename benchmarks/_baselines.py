@@ -21,7 +21,7 @@ scientist would do with plain scikit-learn:
   training rows.
 
 Modalities are read from column names (``feature_names_in_``) with
-:func:`medmix_sklearn._layout.parse_feature_names`, or given explicitly as
+:func:`medmix_sklearn.model_selection.modality_columns`, or given explicitly as
 ``{modality: column indices}``. Teacher blocks are ignored.
 """
 
@@ -35,14 +35,13 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from medmix_sklearn._layout import parse_feature_names
+from medmix_sklearn.model_selection import availability_patterns, modality_columns, subset_score
 
 __all__ = [
     "BestSingleModality",
@@ -56,19 +55,9 @@ __all__ = [
 ]
 
 
-def modality_columns(feature_names) -> dict[str, np.ndarray]:
-    """``{modality: column indices}`` from layout column names, teachers left out."""
-    groups: dict[str, list[int]] = {}
-    for block in parse_feature_names(feature_names):
-        if not block.teacher:
-            groups.setdefault(block.modality, []).extend(block.columns)
-    return {m: np.asarray(sorted(cols), dtype=np.intp) for m, cols in groups.items()}
-
-
-def modality_presence(X: np.ndarray, groups: dict[str, np.ndarray]) -> np.ndarray:
-    """(n_samples, n_modalities) bool: a modality is present when any of its cells is set."""
-    X = np.asarray(X, dtype=float)
-    return np.stack([~np.isnan(X[:, cols]).all(axis=1) for cols in groups.values()], axis=1)
+def modality_presence(X, groups: dict[str, np.ndarray]) -> np.ndarray:
+    """(n_samples, n_modalities) bool: the library's rule (a modality is present when any cell is set)."""
+    return availability_patterns(X, groups).to_numpy()
 
 
 def _resolve_groups(estimator, modalities, n_features: int) -> dict[str, np.ndarray]:
@@ -262,12 +251,6 @@ class LateFusionClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
-def _auroc(y: np.ndarray, proba: np.ndarray) -> float:
-    if proba.shape[1] == 2:
-        return roc_auc_score(y, proba[:, 1])
-    return roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=np.arange(proba.shape[1]))
-
-
 class BestSingleModality(ClassifierMixin, BaseEstimator):
     """The best one-modality model, chosen by inner cross-validation on the training rows.
 
@@ -319,7 +302,8 @@ class BestSingleModality(ClassifierMixin, BaseEstimator):
             scores = []
             for train, test in folds:
                 model = self._candidate(len(cols)).fit(Xm[train], y_enc[train])
-                scores.append(_auroc(y_enc[test], _proba_in_classes(model, Xm[test], len(self.classes_))))
+                proba = _proba_in_classes(model, Xm[test], len(self.classes_))
+                scores.append(subset_score(y_enc[test], proba, np.arange(len(self.classes_))))
             self.cv_scores_[name] = float(np.mean(scores))
         self.modality_ = max(self.cv_scores_, key=self.cv_scores_.get)
         self._cols = self.modalities_[self.modality_]

@@ -44,8 +44,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medmix_sklearn.embedding import MultimodalExpertEmbedder
-from medmix_sklearn.experts import ImageExpert, TextExpert
-from medmix_sklearn.experts._registry import find_preset
+from medmix_sklearn.experts import ImageExpert, TextExpert, find_preset
 
 WORDS = (
     "no evidence of acute cardiopulmonary disease normal chest heart size lungs clear "

@@ -61,9 +61,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.preprocessing import label_binarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -75,13 +73,17 @@ from _baselines import (  # noqa: E402
     make_hgb,
     make_logistic,
     make_mlp,
-    modality_columns,
-    modality_presence,
     quiet_fit,
 )
 from _common import machine_description  # noqa: E402
 
 from medmix_sklearn._layout import parse_feature_names  # noqa: E402
+from medmix_sklearn.model_selection import (  # noqa: E402
+    availability_patterns,
+    blank_modalities,
+    modality_columns,
+    subset_score,
+)
 
 P_GRID = (0.0, 0.25, 0.5, 0.75)
 TRAIN_RATES = (0.0, 0.3, 0.6)
@@ -165,11 +167,9 @@ def _generated(name: str, title: str, out: str, n: int, seed: int, **kwargs) -> 
 
 def _blank_at_random(data: Dataset, rate: float, modalities: tuple, seed: int) -> Dataset:
     """A copy of ``data`` with each listed modality blanked for a ``rate`` share of rows."""
-    rng = np.random.default_rng([seed, round(rate * 1000)])
-    X = data.X.copy()
-    for m in modalities:
-        cols = data.groups[m]
-        X[np.ix_(rng.random(len(X)) < rate, cols)] = np.nan
+    groups = {m: data.groups[m] for m in modalities}
+    X = blank_modalities(data.X, groups, rate, np.random.default_rng([seed, round(rate * 1000)]),
+                         keep_one=False).astype(data.X.dtype)
     info = {**data.info, "blanked_at_random": list(modalities), "train_missing_rate": rate}
     return Dataset(f"gen_train_missing_{rate:.1f}", f"Generator, missing rate {rate:.1f} (random)",
                    X, data.names, data.y, info, ablations=False)
@@ -204,7 +204,7 @@ def _openi(out: str, rows: int | None) -> tuple[Dataset, Dataset]:
 
 def _describe(data: Dataset) -> dict:
     groups = data.groups
-    present = modality_presence(data.X, groups)
+    present = availability_patterns(data.X, groups).to_numpy()
     blocks = [b for b in parse_feature_names(data.names) if not b.teacher]
     return {
         **data.info,
@@ -304,27 +304,10 @@ def _build(method: Method, seed: int):
 # -- evaluation --------------------------------------------------------------------------
 
 
-def blank_modalities(X: np.ndarray, groups: dict, p: float, rng: np.random.Generator) -> np.ndarray:
-    """Blank each present modality of each row with probability ``p``, keeping at least one."""
-    present = modality_presence(X, groups)
-    drop = present & (rng.random(present.shape) < p)
-    lost_all = present.any(axis=1) & ~(present & ~drop).any(axis=1)
-    for i in np.flatnonzero(lost_all):
-        drop[i, rng.choice(np.flatnonzero(present[i]))] = False
-    X = X.copy()
-    for j, cols in enumerate(groups.values()):
-        X[np.ix_(drop[:, j], cols)] = np.nan
-    return X
-
-
 def scores(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     """AUROC and AUPRC; macro one-vs-rest for more than two classes."""
-    if proba.shape[1] == 2:
-        return roc_auc_score(y, proba[:, 1]), average_precision_score(y, proba[:, 1])
-    labels = np.arange(proba.shape[1])
-    auroc = roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels)
-    auprc = average_precision_score(label_binarize(y, classes=labels), proba, average="macro")
-    return auroc, auprc
+    classes = np.arange(proba.shape[1])
+    return subset_score(y, proba, classes), subset_score(y, proba, classes, "average_precision")
 
 
 def run_task(X, names, y, groups, method: Method, train, test, seed: int, fold: int, threads: int):
@@ -343,7 +326,8 @@ def run_task(X, names, y, groups, method: Method, train, test, seed: int, fold: 
         for p in P_GRID:
             X_test = X[test]
             if p > 0:
-                X_test = blank_modalities(X_test, groups, p, np.random.default_rng([seed, fold, round(p * 100)]))
+                X_test = blank_modalities(X_test, groups, p, np.random.default_rng([seed, fold, round(p * 100)]),
+                                          keep_one=True)
             auroc, auprc = scores(y[test], model.predict_proba(frame(X_test)))
             result[f"auroc@{p}"] = float(auroc)
             result[f"auprc@{p}"] = float(auprc)

@@ -46,6 +46,26 @@ def check_block_name(name: str, *, what: str) -> str:
     return name
 
 
+def sanitize_name(text: str) -> str:
+    """Turn a model name, path or column name into a valid block name.
+
+    The last path component is kept (``"org/model"`` -> ``"model"``), any
+    character outside letters, digits, ``_``, ``.`` and ``-`` becomes ``-``,
+    runs of ``_`` shrink to one (so the result never holds ``__``), and
+    leading ``_.-`` and trailing ``_`` are stripped; ``"expert"`` when
+    nothing is left. The result passes :func:`check_block_name`.
+    """
+    text = str(text)
+    if text.startswith("hf-hub:"):
+        text = text[len("hf-hub:") :]
+    text = text.rstrip("/\\")
+    text = re.split(r"[/\\]", text)[-1] or "expert"
+    text = re.sub(r"[^A-Za-z0-9_.\-]", "-", text)
+    text = re.sub(r"_{2,}", "_", text)
+    text = text.lstrip("_.-").rstrip("_")
+    return text or "expert"
+
+
 def expert_feature_names(modality: str, expert: str, dim: int, *, teacher: bool = False):
     """Column names of one expert's embedding block.
 

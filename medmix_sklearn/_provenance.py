@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import joblib
-import numpy as np
 
 from ._files import atomic_write
 from ._layout import parse_feature_names
@@ -53,7 +52,7 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _embedders(estimator) -> Iterator[Any]:
+def find_embedders(estimator) -> Iterator[Any]:
     """Every MultimodalExpertEmbedder inside ``estimator`` (Pipelines, searches)."""
     from .embedding import MultimodalExpertEmbedder
 
@@ -75,7 +74,7 @@ def _embedders(estimator) -> Iterator[Any]:
     yield from walk(estimator)
 
 
-def _entries(embedder) -> Iterator[tuple[str, str, list]]:
+def expert_entries(embedder) -> Iterator[tuple[str, str, list]]:
     """``(role, modality, experts)`` for each image or text entry of an embedder."""
     from .experts import BaseExpert
 
@@ -95,8 +94,8 @@ def _entries(embedder) -> Iterator[tuple[str, str, list]]:
 def _experts(estimator) -> list[tuple[dict, Any]]:
     """``(record without fingerprint, expert)`` for every expert, in a stable order."""
     out = []
-    for e_index, embedder in enumerate(_embedders(estimator)):
-        for role, modality, experts in _entries(embedder):
+    for e_index, embedder in enumerate(find_embedders(estimator)):
+        for role, modality, experts in expert_entries(embedder):
             for expert in experts:
                 record = {
                     "embedder": e_index,
@@ -111,7 +110,7 @@ def _experts(estimator) -> list[tuple[dict, Any]]:
 
 
 def _feature_names(estimator) -> list[str] | None:
-    for embedder in _embedders(estimator):
+    for embedder in find_embedders(estimator):
         if hasattr(embedder, "feature_names_out_"):
             return [str(n) for n in embedder.get_feature_names_out()]
     final = estimator
@@ -142,9 +141,9 @@ def _training_data(estimator, X) -> dict:
 
 
 def _missing_rates(estimator, X) -> dict[str, float]:
-    from .model_selection import availability_patterns
+    from ._missing import availability_patterns
 
-    embedders = list(_embedders(estimator))
+    embedders = list(find_embedders(estimator))
     try:
         patterns = availability_patterns(X, embedders[0] if embedders else None)
     except Exception as exc:  # provenance must never stop a save
@@ -365,14 +364,3 @@ def load_model(path, *, check_fingerprints=True, return_provenance=False):
     if return_provenance:
         return estimator, provenance
     return estimator
-
-
-def _as_jsonable(value):
-    """Provenance values as plain JSON types (for ``medmix`` to print)."""
-    if isinstance(value, dict):
-        return {str(k): _as_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_as_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -235,24 +235,8 @@ def test_bad_inputs_name_the_fault(table, model_file, tmp_path, capsys):
     assert "give exactly one of `image`, `text` or `tabular`" in line
 
 
-def test_cross_validate_fits_a_fresh_estimator_per_fold():
-    from sklearn.linear_model import LogisticRegression
-
-    from medmix_sklearn.cli import _cross_validate
-
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.normal(size=(40, 2)), columns=["labs__a", "labs__b"])
-    y = np.tile([0, 1], 20)
-    shared = LogisticRegression()
-    result = _cross_validate({"lr": lambda: shared}, X, y, folds=2, seed=0, rates=(0.0,),
-                             quiet=True)
-    assert not hasattr(shared, "coef_")  # each fold fitted a clone, not the shared instance
-    assert result["proba"]["lr"].shape == (40, 2)
-    assert len(result["fold_scores"]) == 2
-
-
 def test_write_table_leaves_no_temporary_file(tmp_path):
-    from medmix_sklearn.cli import write_table
+    from medmix_sklearn.cli._entries import write_table
 
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     write_table(frame, str(tmp_path / "out" / "t.csv"))
@@ -263,7 +247,7 @@ def test_write_table_leaves_no_temporary_file(tmp_path):
 
 
 def test_config_expert_given_as_one_string_is_one_expert():
-    from medmix_sklearn.cli import _config_entries
+    from medmix_sklearn.cli._entries import _config_entries
 
     frame = pd.DataFrame({"image_path": ["a.png"]})
     config = {"modalities": [{"image": "image_path", "experts": "test_efficientnet"}]}

@@ -13,9 +13,10 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import SGDClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import (
     StratifiedKFold,
@@ -23,6 +24,7 @@ from sklearn.model_selection import (
     cross_validate,
     train_test_split,
 )
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medmix_sklearn.model_selection import (
@@ -36,6 +38,7 @@ from medmix_sklearn.model_selection import (
     make_pattern_scorers,
     missingness_report,
     pattern_labels,
+    subset_score,
 )
 from medmix_sklearn.model_selection._split import _strata
 
@@ -628,3 +631,84 @@ def test_optuna_search_cv_prunes_full_pipeline_over_expert_sets(raw_stack, tmp_p
     chosen = search.best_params_["expert_set"]
     assert [m[0] for m in best.named_steps["embed"].modalities] == [m[0] for m in sets[chosen]]
     assert best.predict_proba(X).shape == (len(y), 2)
+
+
+# -- evaluate_methods: the evaluation shared by the CLI, the report and benchmarks -------
+def _embedded_with_teacher(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    X = pd.DataFrame({
+        "img__e__0": rng.normal(size=n) + y, "img__e__1": rng.normal(size=n),
+        "labs__a": rng.normal(size=n) + y, "teacher__img__t__0": rng.normal(size=n) + 2 * y,
+    })
+    X.iloc[: n // 4, :2] = np.nan
+    return X, y
+
+
+class _RecordingClassifier(ClassifierMixin, BaseEstimator):
+    """Logistic regression on non-NaN columns that records what it was given."""
+
+    def __init__(self, teacher=None):
+        self.teacher = teacher
+
+    def fit(self, X, y):
+        self.columns_ = list(X.columns)
+        self.n_train_ = len(X)
+        self.classes_ = np.unique(y)
+        self.model_ = LogisticRegression().fit(np.nan_to_num(X.to_numpy()), y)
+        return self
+
+    def predict_proba(self, X):
+        self.seen_ = getattr(self, "seen_", []) + [X.copy()]
+        return self.model_.predict_proba(np.nan_to_num(X.to_numpy()))
+
+
+def test_evaluate_methods_same_folds_fresh_clones_and_teacher_columns():
+    from medmix_sklearn.model_selection import evaluate_methods
+
+    X, y = _embedded_with_teacher()
+    shared = LogisticRegression()
+    estimators = {"lr": make_pipeline(SimpleImputer(keep_empty_features=True), shared),
+                  "medmix-like": _RecordingClassifier()}
+    result = evaluate_methods(estimators, X, y, cv=3, random_state=0,
+                              missing_rates=(0.0, 0.5))
+    assert not hasattr(shared, "coef_")  # each fold fitted a clone, not the given object
+    assert len(result.splits) == 3
+    assert result.proba["lr"].shape == (60, 2)
+    assert result.fold_scores.groupby("method").size().to_dict() == {"lr": 3, "medmix-like": 3}
+    fold_models = result.estimators["medmix-like"]
+    # An estimator with a `teacher` parameter trains on the teacher column ...
+    assert all("teacher__img__t__0" in m.columns_ for m in fold_models)
+    # ... and sees it as NaN in every test fold; the others never see it.
+    for model in fold_models:
+        assert all(frame["teacher__img__t__0"].isna().all() for frame in model.seen_)
+    lr_columns = result.estimators["lr"][0][:-1].feature_names_in_.tolist()
+    assert lr_columns == ["img__e__0", "img__e__1", "labs__a"]
+    # Out-of-fold: every row predicted once, by the model that did not train on it.
+    tests = np.concatenate([test for _, test in result.splits])
+    assert sorted(tests.tolist()) == list(range(60))
+    # Blanking at 0.5 removes modalities but every row keeps one (keep_one=True).
+    blanked = [f for m in fold_models for f in m.seen_ if f.drop(columns="teacher__img__t__0").isna().any().any()]
+    assert blanked
+    assert result.robustness.index.tolist() == [0.0, 0.5]
+    assert result.robustness.loc[0.0, "lr"] == pytest.approx(
+        subset_score(y, result.proba["lr"], result.classes))
+    assert result.summary.loc["lr", "AUROC mean"] == pytest.approx(
+        result.fold_scores.query("method == 'lr'")["AUROC"].mean())
+
+
+def test_evaluate_methods_is_reproducible_and_checks_input():
+    from medmix_sklearn.model_selection import evaluate_methods
+
+    X, y = _embedded_with_teacher()
+    def run(seed):
+        lr = make_pipeline(SimpleImputer(keep_empty_features=True), LogisticRegression())
+        return evaluate_methods({"lr": lr}, X, y, cv=2, random_state=seed, missing_rates=(0.6,))
+
+    a, b, c = run(1), run(1), run(2)
+    pd.testing.assert_frame_equal(a.robustness, b.robustness)
+    assert not a.robustness.equals(c.robustness)
+    with pytest.raises(TypeError, match="as a DataFrame"):
+        evaluate_methods({"lr": LogisticRegression()}, X.to_numpy(), y)
+    with pytest.raises(ValueError, match="estimators is empty"):
+        evaluate_methods({}, X, y)

@@ -31,8 +31,9 @@ from .._layout import (
     expert_feature_names,
     tabular_feature_names,
 )
+from .._missing import is_missing, missing_mask
 from ..exceptions import ItemReadError, ItemReadWarning, MissingModalityWarning
-from ..experts._base import BaseExpert
+from ..experts import BaseExpert
 from ._cache import EmbeddingCache, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]
@@ -42,19 +43,6 @@ logger = logging.getLogger(__name__)
 _PASSTHROUGH = "passthrough"
 # How many unreadable items one warning lists before summarising the rest.
 _MAX_LISTED_FAILURES = 5
-
-
-def _is_missing(item: Any) -> bool:
-    """Whether one image or text cell means "modality absent for this row"."""
-    if item is None or item is pd.NA or item is pd.NaT:
-        return True
-    if isinstance(item, (float, np.floating)):
-        return bool(np.isnan(item))
-    if isinstance(item, (str, bytes)):
-        return not item.strip()
-    if isinstance(item, os.PathLike):
-        return not os.fspath(item).strip()
-    return False
 
 
 def _describe_item(item: Any) -> str:
@@ -382,7 +370,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     # Builds the architecture at most, never the weights.
                     _check_output_dim(expert, entry)
                 values = frame[labels[0]].tolist()
-                if not any(not _is_missing(v) for v in values):
+                if not any(not is_missing(v) for v in values):
                     warnings.warn(
                         f"{entry.where} ({entry.name!r}): column {labels[0]!r} is empty "
                         "or missing in every row; its blocks will be NaN.",
@@ -490,7 +478,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     def _fit_tabular(self, entry: _Entry, frame: pd.DataFrame, labels: list):
         if entry.transformer == _PASSTHROUGH:
             _to_float(frame[labels], entry)
-            if frame[labels].isna().all(axis=None):
+            if missing_mask(frame[labels]).all():
                 warnings.warn(
                     f"{entry.where} ({entry.name!r}) is NaN in every row; its block will "
                     "be NaN.",
@@ -498,7 +486,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     stacklevel=4,
                 )
             return _PASSTHROUGH
-        present = ~frame[labels].isna().all(axis=1).to_numpy()
+        present = ~missing_mask(frame[labels]).all(axis=1)
         if not present.any():
             raise ValueError(
                 f"{entry.where} ({entry.name!r}): columns {labels} are missing in every "
@@ -625,7 +613,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         # Fitted on present rows only, so transform only those: a transformer that
         # rejects NaN still works, and absent rows stay NaN.
         block = np.full((len(sub), width), np.nan, dtype=np.float32)
-        present = ~sub.isna().all(axis=1).to_numpy()
+        present = ~missing_mask(sub).all(axis=1)
         if present.any():
             values = _dense(spec.transform(sub.loc[present]))
             if values.shape[1] != width:
@@ -648,7 +636,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         pool: ThreadPoolExecutor,
     ) -> None:
         values = frame[column].tolist()
-        rows = [i for i, v in enumerate(values) if not _is_missing(v)]
+        rows = [i for i, v in enumerate(values) if not is_missing(v)]
         items = [values[i] for i in rows]
         labels = frame.index.tolist()  # plain Python labels read better in messages
         # Experts of one class hash content the same way: hash each item once.

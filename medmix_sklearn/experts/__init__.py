@@ -2,7 +2,7 @@
 
 from ._base import CACHE_FORMAT_VERSION, BaseExpert
 from ._image import ImageExpert
-from ._registry import get_preset, list_presets
+from ._registry import find_preset, get_preset, list_presets
 from ._text import TextExpert
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "CACHE_FORMAT_VERSION",
     "ImageExpert",
     "TextExpert",
+    "find_preset",
     "get_preset",
     "list_presets",
 ]

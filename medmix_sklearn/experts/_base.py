@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from abc import ABC, abstractmethod
 from numbers import Integral
 from typing import Any
@@ -12,22 +11,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from .._layout import sanitize_name
+
 # Bump when the embedding an expert returns for the same content could change
 # (preprocessing, pooling, dtype): old cache entries then stop matching.
 CACHE_FORMAT_VERSION = 1
-
-
-def sanitize_name(model: str) -> str:
-    """Turn a model name or path into a valid block name (see ``check_block_name``)."""
-    text = str(model)
-    if text.startswith("hf-hub:"):
-        text = text[len("hf-hub:") :]
-    text = text.rstrip("/\\")
-    text = re.split(r"[/\\]", text)[-1] or "expert"
-    text = re.sub(r"[^A-Za-z0-9_.\-]", "-", text)
-    text = re.sub(r"_{2,}", "_", text)
-    text = text.lstrip("_.-").rstrip("_")
-    return text or "expert"
 
 
 class BaseExpert(BaseEstimator, ABC):

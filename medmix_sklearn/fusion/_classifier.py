@@ -55,6 +55,7 @@ from skorch.callbacks import EarlyStopping
 from skorch.helper import predefined_split
 
 from .._layout import SEP, TABULAR_EXPERT, Block, blocks_from_mapping, parse_feature_names
+from .._missing import block_presence
 from ..exceptions import MissingModalityWarning
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
@@ -605,9 +606,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         holds only some of the input columns (see ``_validate_predict_input``).
         """
         take = (lambda cols: where[list(cols)]) if where is not None else list
-        return np.stack(
-            [~np.isnan(X[:, take(b.columns)]).all(axis=1) for b in self.blocks_], axis=1
-        )
+        return block_presence(X, [take(b.columns) for b in self.blocks_])
 
     def _prepare(self, X: np.ndarray, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Standardised, NaN-free float32 matrix in block order, and the block mask."""
@@ -684,9 +683,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 "'teacher__' keys in blocks=), but X has none. Pass teachers= to "
                 "MultimodalExpertEmbedder, or set teacher=None."
             )
-        present = np.stack(
-            [~np.isnan(X[:, list(b.columns)]).all(axis=1) for b in teachers], axis=1
-        )
+        present = block_presence(X, [b.columns for b in teachers])
         if not present.any():
             warnings.warn(
                 f"teacher={self.teacher!r} is set but every teacher block is NaN in every "

@@ -1,13 +1,16 @@
 """Splitters, scorers and searches that know about missing modalities."""
 
+from ._evaluation import default_baselines, evaluate_methods
 from ._scoring import PatternScorer, make_pattern_scorers, missingness_report
 from ._search import SearchPipeline, create_study, default_search_space
-from ._split import (
-    MissingnessStratifiedGroupKFold,
-    MissingnessStratifiedKFold,
+from .._missing import (
     availability_patterns,
+    blank_modalities,
+    modality_columns,
     pattern_labels,
+    subset_score,
 )
+from ._split import MissingnessStratifiedGroupKFold, MissingnessStratifiedKFold
 
 __all__ = [
     "MissingnessStratifiedGroupKFold",
@@ -15,9 +18,14 @@ __all__ = [
     "PatternScorer",
     "SearchPipeline",
     "availability_patterns",
+    "blank_modalities",
     "create_study",
+    "default_baselines",
     "default_search_space",
+    "evaluate_methods",
     "make_pattern_scorers",
     "missingness_report",
+    "modality_columns",
     "pattern_labels",
+    "subset_score",
 ]

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
-
-from ._split import _resolve_modalities, availability_patterns, pattern_labels
+from .._missing import availability_patterns, pattern_labels, resolve_modalities, subset_score
 
 __all__ = ["PatternScorer", "make_pattern_scorers", "missingness_report"]
 
-_METRICS = {"roc_auc": roc_auc_score, "average_precision": average_precision_score}
 _ALIASES = {"auroc": "roc_auc", "auprc": "average_precision", "roc_auc": "roc_auc",
             "average_precision": "average_precision"}
 
@@ -37,27 +34,6 @@ def _scores(estimator, X) -> np.ndarray:
     if scores.ndim == 1:
         scores = np.column_stack([-scores, scores])
     return scores
-
-
-def _subset_score(metric: str, y: np.ndarray, scores: np.ndarray, classes) -> float:
-    """Binary score, or one-vs-rest macro average; NaN when undefined.
-
-    A class only counts in the macro average when the subset has both
-    positives and negatives for it; with none such the score is NaN.
-    """
-    func = _METRICS[metric]
-    classes = np.asarray(classes)
-    if len(classes) == 2:
-        pos = y == classes[1]
-        if pos.all() or not pos.any():
-            return float("nan")
-        return float(func(pos, scores[:, 1]))
-    values = []
-    for k, cls in enumerate(classes):
-        pos = y == cls
-        if pos.any() and not pos.all():
-            values.append(func(pos, scores[:, k]))
-    return float(np.mean(values)) if values else float("nan")
 
 
 class _PredictionCache:
@@ -139,7 +115,7 @@ class PatternScorer:
         if not mask.any():
             return float("nan")
         scores = self._cache.get(estimator, X)
-        return _subset_score(self.metric, y[mask], scores[mask], estimator.classes_)
+        return subset_score(y[mask], scores[mask], estimator.classes_, self.metric)
 
 
 def make_pattern_scorers(modalities=None, metric="roc_auc", *, counts=None, patterns=None,
@@ -184,7 +160,7 @@ def make_pattern_scorers(modalities=None, metric="roc_auc", *, counts=None, patt
     """
     metric = _check_metric(metric)
     if counts is None:
-        kind, spec = _resolve_modalities(modalities)
+        kind, spec = resolve_modalities(modalities)
         if kind is None:
             raise ValueError(
                 "make_pattern_scorers needs counts=... when modalities is None: the "
@@ -262,7 +238,7 @@ def missingness_report(estimator, X, y, modalities=None, *,
         row = {"n": int(mask.sum()), "prevalence": prevalence,
                "n_classes": int(len(np.unique(ys)))}
         for metric in metrics:
-            row[metric] = _subset_score(metric, ys, scores[mask], classes)
+            row[metric] = subset_score(ys, scores[mask], classes, metric)
         rows.append(row)
         index.append((level, label))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["level", "subset"]))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._files import atomic_write
-from ..model_selection._split import pattern_labels
+from .._missing import pattern_labels, subset_score
 from . import _plots
 
 __all__ = ["render_report", "write_report"]
@@ -119,19 +119,6 @@ def _safe(fn, *args, **kwargs) -> float:
         return float("nan")
 
 
-def _auroc(y: np.ndarray, p: np.ndarray, classes: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    if len(classes) == 2:
-        return _safe(roc_auc_score, y == classes[1], p[:, 1])
-    present = np.isin(classes, y)
-    if present.sum() < len(classes):
-        return float("nan")
-    return _safe(roc_auc_score, y, p, multi_class="ovr", average="macro", labels=classes)
-
-
 def _bins(confidence: np.ndarray, outcome: np.ndarray, n_bins: int):
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
@@ -166,7 +153,7 @@ def _metrics(y, methods, classes, n_bins: int) -> pd.DataFrame:
     rows = {}
     for method, p in methods.items():
         predicted = classes[p.argmax(axis=1)]
-        row = {"AUROC": _auroc(y, p, classes)}
+        row = {"AUROC": subset_score(y, p, classes)}
         if len(classes) == 2:
             positive = y == classes[1]
             row["AUPRC"] = _safe(average_precision_score, positive, p[:, 1]) if positive.any() else float("nan")
@@ -193,7 +180,7 @@ def _roc_curves(y, methods, classes):
         else:
             onehot = label_binarize(y, classes=classes)
             fpr, tpr, _ = roc_curve(onehot.ravel(), p.ravel())
-        curves[method] = (fpr, tpr, _auroc(y, p, classes))
+        curves[method] = (fpr, tpr, subset_score(y, p, classes))
     return curves
 
 
@@ -207,7 +194,7 @@ def _pattern_table(y, methods, classes, availability: pd.DataFrame) -> pd.DataFr
         if len(classes) == 2:
             row["prevalence"] = float(np.mean(y[mask] == classes[1]))
         for method, p in methods.items():
-            row[method] = _auroc(y[mask], p[mask], classes)
+            row[method] = subset_score(y[mask], p[mask], classes)
         rows[pattern] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "pattern"
