@@ -1,8 +1,5 @@
 """Splitters, scorers and searches that know about missing modalities."""
 
-from ._evaluation import default_baselines, evaluate_methods
-from ._scoring import PatternScorer, make_pattern_scorers, missingness_report
-from ._search import SearchPipeline, create_study, default_search_space
 from .._missing import (
     availability_patterns,
     blank_modalities,
@@ -10,6 +7,9 @@ from .._missing import (
     pattern_labels,
     subset_score,
 )
+from ._evaluation import default_baselines, evaluate_methods
+from ._scoring import PatternScorer, make_pattern_scorers, missingness_report
+from ._search import SearchPipeline, create_study, default_search_space
 from ._split import MissingnessStratifiedGroupKFold, MissingnessStratifiedKFold
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from .._missing import availability_patterns, pattern_labels, resolve_modalities, subset_score
 
 __all__ = ["PatternScorer", "make_pattern_scorers", "missingness_report"]
