@@ -380,7 +380,7 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
     >>> import numpy as np
     >>> X = np.ones((4, 3))
     >>> Xb = blank_modalities(X, {"a": [0, 1], "b": [2]}, rate=1.0, random_state=0)
-    >>> np.isnan(Xb).all(axis=1).any()  # every row kept one modality
+    >>> bool(np.isnan(Xb).all(axis=1).any())  # every row kept one modality
     False
     """
     if not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
