@@ -100,3 +100,40 @@ def test_the_checker_sees_a_private_import():
     assert any("private name _as_jsonable" in f for f in found)
     assert any("private module medmix_sklearn.model_selection._split" in f for f in found)
     assert any("private module medmix_sklearn.embedding._cache" in f for f in found)
+
+
+def test_import_loads_no_heavy_dependency():
+    """``import medmix_sklearn`` (and the parser of ``medmix``) load no torch, skorch or optuna."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "heavy = ('torch', 'skorch', 'optuna', 'transformers', 'timm', 'matplotlib')\n"
+        "import medmix_sklearn\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import medmix_sklearn.model_selection, medmix_sklearn.report\n"
+        "from medmix_sklearn.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "medmix_sklearn.MedMIXClassifier\n"
+        "print(sorted(m for m in ('torch', 'skorch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    after_import, after_cli, after_classifier = out.stdout.strip().splitlines()
+    assert after_import == "[]"
+    assert after_cli == "[]"
+    assert after_classifier == "['skorch', 'torch']"  # the lazy name still resolves
+
+
+def test_public_names_resolve_and_are_listed():
+    import medmix_sklearn
+
+    for name in medmix_sklearn.__all__:
+        assert getattr(medmix_sklearn, name) is not None
+    assert set(medmix_sklearn.__all__) <= set(dir(medmix_sklearn))
+    assert set(medmix_sklearn.__all__) == {*medmix_sklearn._LAZY, "__version__"}
+    import pytest
+
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        medmix_sklearn.nope

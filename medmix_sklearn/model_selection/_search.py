@@ -12,66 +12,9 @@ Nothing here schedules work: Optuna and joblib do. This module gives
   trial epoch by epoch) and a categorical ``expert_set`` parameter (so the
   embedder's experts are searchable like any other hyperparameter).
 
-Searching the whole Pipeline
-----------------------------
-::
-
-    from optuna_integration import OptunaSearchCV
-    from medmix_sklearn import MultimodalExpertEmbedder, MedMIXClassifier
-    from medmix_sklearn.model_selection import (
-        MissingnessStratifiedKFold, SearchPipeline, create_study, default_search_space)
-
-    small = [("xray", [ImageExpert("efficientnet_lite0")], "image_path"), labs]
-    large = [("xray", [ImageExpert("efficientnet_lite0"),
-                       ImageExpert("efficientnet_lite2")], "image_path"), labs]
-    pipe = SearchPipeline(
-        [("embed", MultimodalExpertEmbedder(small)),
-         ("clf", MedMIXClassifier(max_epochs=30, early_stopping=False, random_state=0))],
-        expert_sets={"small": small, "large": large},
-    )
-    space = default_search_space("clf__", expert_sets=pipe.expert_sets)
-    study = create_study("cxr", storage="study.journal",
-                         pruner=optuna.pruners.MedianPruner(n_warmup_steps=3))
-    search = OptunaSearchCV(
-        pipe, space, cv=MissingnessStratifiedKFold(3, modalities=small),
-        scoring="roc_auc", study=study, n_trials=20,
-        enable_pruning=True, max_iter=30,   # one partial_fit = one epoch
-    )
-    search.fit(df, y)
-
-With ``enable_pruning=True`` every step calls ``partial_fit`` on each fold's
-pipeline: the embedder is fitted (and the rows embedded) on the first call
-only, each later call trains the classifier one more epoch on the same
-embedded rows, and the study's pruner stops a trial whose intermediate CV
-score falls behind. The final refit of the best parameters uses plain
-``fit``, so give the classifier ``max_epochs=max_iter, early_stopping=False``
-(or search ``clf__max_epochs``) for the refit to train as long as the
-trials did. Without pruning, ``max_epochs`` (with early stopping) decides the
-training length and plain ``fit`` is used throughout.
-
-The embedding cache makes every trial after the first cost only its
-classifier fits: the experts run once per row and expert, whichever trial,
-fold or process asks first. When the search only tunes the classifier, an
-even cheaper route is to embed once (``embedder.fit_transform(df)``) and
-search :class:`~medmix_sklearn.MedMIXClassifier` alone on the matrix, with
-``default_search_space(prefix="")``.
-
-Scaling out
------------
-- Several processes or machines on one study: each runs the same script
-  (``OptunaSearchCV(..., study=create_study(name, storage=...))`` or
-  ``study.optimize``) against one storage. A journal file works for
-  processes on one machine or on a shared file system (use
-  ``JournalFileOpenLock`` on NFS); a database URL
-  (``"postgresql://..."``, ``"mysql+pymysql://..."``) for a cluster. Point
-  every worker's ``MEDMIX_CACHE_DIR`` at one shared directory so each
-  embedding is computed once for all of them; the cache's writes are atomic.
-- Within a process: ``OptunaSearchCV(n_jobs=...)`` runs trials in threads;
-  ``cross_val_score(..., n_jobs=...)`` runs folds through joblib (loky
-  processes by default). For a cluster, keep the code and change the joblib
-  backend: ``with joblib.parallel_backend("dask"):`` after creating a
-  ``dask.distributed.Client``, or ``ray.util.joblib.register_ray()`` then
-  ``joblib.parallel_backend("ray")``.
+How to search a Pipeline, prune trials and share a study between processes
+or machines is in ``docs/scaling.md``. Optuna is imported when a function
+here needs it, not when this module is.
 """
 
 from __future__ import annotations
@@ -80,8 +23,6 @@ import inspect
 import os
 
 import joblib
-import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 from sklearn.pipeline import Pipeline
 
 __all__ = ["SearchPipeline", "create_study", "default_search_space"]
@@ -117,6 +58,8 @@ def default_search_space(prefix="clf__", *, expert_sets=None, expert_set_param="
     >>> sorted(space)[:3]
     ['clf__aux_weight', 'clf__dropout', 'clf__expert_fusion']
     """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a string such as 'clf__' or ''. Got {prefix!r} instead.")
     if prefix and not prefix.endswith("__"):
@@ -145,6 +88,8 @@ def default_search_space(prefix="clf__", *, expert_sets=None, expert_set_param="
 
 def _storage(storage):
     """Turn a path, URL or storage object into what ``optuna.create_study`` takes."""
+    import optuna
+
     if storage is None or isinstance(storage, optuna.storages.BaseStorage):
         return storage
     if isinstance(storage, (str, os.PathLike)):
@@ -192,6 +137,8 @@ def create_study(study_name, storage=None, *, direction="maximize", sampler=None
     -------
     study : optuna.Study
     """
+    import optuna
+
     if direction not in ("maximize", "minimize"):
         raise ValueError(f"direction must be 'maximize' or 'minimize'. Got {direction!r} instead.")
     return optuna.create_study(
