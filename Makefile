@@ -1,11 +1,11 @@
-# Two set-up commands: `make demo` and `make test` (see README.md).
+# Two set-up commands: `make demo` and `make test` (see README.md); `make docs` builds the site.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-min chromium clean
+.PHONY: demo test test-min docs chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.stamp-weights: pyproject.toml | $(BIN)/python
 
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.stamp-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 demo: $(VENV)/.stamp-weights
@@ -36,6 +40,11 @@ test: $(VENV)/.stamp-test chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The Sphinx site in docs/_build/html; warnings are errors. The gallery runs every
+# example in its quick mode (a few CPU minutes; MEDMIX_DOCS_PLOT_GALLERY=0 skips it).
+docs: $(VENV)/.stamp-docs
+	$(BIN)/python -m sphinx -b html -W --keep-going docs docs/_build/html
+
 # The suite against the lowest versions pyproject.toml allows, in a separate venv.
 # torch is left to the resolver (on this project's machines it comes from the
 # local disk); every other runtime dependency is pinned to its lower bound.
@@ -49,4 +58,4 @@ test-min:
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) build *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) build *.egg-info docs/_build docs/generated docs/auto_examples docs/api.rst docs/sg_execution_times.rst

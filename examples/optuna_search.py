@@ -1,4 +1,6 @@
-"""Hyperparameter search with Optuna: over the embedded matrix, or over the whole Pipeline.
+"""
+Hyperparameter search with Optuna: over the embedded matrix, or over the whole Pipeline
+=======================================================================================
 
 Two routes, both with :func:`~medmix_sklearn.model_selection.default_search_space`,
 :class:`~medmix_sklearn.model_selection.MissingnessStratifiedKFold` (folds that
@@ -35,6 +37,7 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import optuna
 from optuna_integration import OptunaSearchCV
 from sklearn.pipeline import Pipeline
@@ -145,7 +148,9 @@ def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    import matplotlib.pyplot as plt
+
+    parser = argparse.ArgumentParser(description=__doc__ and __doc__.strip().splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random experts, seconds")
     parser.add_argument("--text-model", help="text expert: preset name or model directory")
     parser.add_argument("--route", choices=("matrix", "pipeline"), default="matrix")
@@ -162,3 +167,14 @@ if __name__ == "__main__":
     print(f"best cross-validated AUROC: {search.best_score_:.3f}")
     for name, value in sorted(search.best_params_.items()):
         print(f"  {name} = {value}")
+
+    # Every trial of the study (this process's and any other's), and the best so far.
+    values = [t.value for t in search.study_.trials if t.value is not None]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(range(len(values)), values, "o", label="trial")
+    ax.plot(range(len(values)), np.maximum.accumulate(values), "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("cross-validated AUROC")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    plt.show()

@@ -1,4 +1,6 @@
-"""MedMIXClassifier on embeddings you already have: no experts, no embedder.
+"""
+MedMIXClassifier on embeddings you already have: no experts, no embedder
+========================================================================
 
 :class:`~medmix_sklearn.MedMIXClassifier` reads the block layout from the
 column names of a DataFrame (``{modality}__{expert}__{k}`` for an embedding,
@@ -111,7 +113,9 @@ def main(tiny: bool = False):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    import matplotlib.pyplot as plt
+
+    parser = argparse.ArgumentParser(description=__doc__ and __doc__.strip().splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="fewer rows and epochs")
     args = parser.parse_args()
     result = main(tiny=args.tiny)
@@ -125,3 +129,13 @@ if __name__ == "__main__":
     print(weights.loc[has_ct, ct_experts].mean().round(3).to_string())
     print("mean modality weights over all rows:")
     print(weights.filter(like="modality_weight__").mean().round(3).to_string())
+
+    # The two CT experts' weights, row by row, on the rows that have a CT.
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ct = weights.loc[has_ct, ct_experts]
+    ax.hist(ct["expert_weight__ct__ct_large"], bins=20, range=(0, 1))
+    ax.set_xlabel("weight of ct_large within the CT modality")
+    ax.set_ylabel("rows with a CT")
+    ax.set_title("The expert gate is decided per row")
+    fig.tight_layout()
+    plt.show()

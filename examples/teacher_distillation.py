@@ -1,4 +1,6 @@
-"""Training-only teachers: a large image model guides the small deployed one.
+"""
+Training-only teachers: a large image model guides the small deployed one
+=========================================================================
 
 The embedder's ``teachers=`` entries are embedded by ``fit_transform`` only
 (columns ``teacher__{modality}__{expert}__{k}``); ``transform``, and so every
@@ -132,7 +134,9 @@ def main(tiny: bool = False, text_model=None, workdir=None):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    import matplotlib.pyplot as plt
+
+    parser = argparse.ArgumentParser(description=__doc__ and __doc__.strip().splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random experts, seconds")
     parser.add_argument("--text-model", help="text expert: preset name or model directory")
     args = parser.parse_args()
@@ -141,3 +145,13 @@ if __name__ == "__main__":
         print(f"{name:16s} AUROC {np.mean(values):.3f} +- {np.std(values):.3f}")
     print(f"teacher blocks used in training: {result['teacher_blocks']}")
     print(f"transform leaves them NaN: {result['test_teacher_nan']}")
+
+    # Fold AUROCs of the same student with and without the training-only teacher.
+    names = list(result["scores"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.boxplot([result["scores"][n] for n in names])
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_ylabel("AUROC per fold")
+    ax.set_title("Student with and without a training-only teacher")
+    fig.tight_layout()
+    plt.show()

@@ -36,6 +36,7 @@ def _quiet_and_one_thread():
 def test_every_example_has_a_docstring_and_a_tiny_main():
     scripts = sorted(p.stem for p in EXAMPLES.glob("*.py"))
     assert scripts == [
+        "custom_expert",
         "optuna_search",
         "pipeline_cross_val",
         "precomputed_embeddings",
@@ -44,6 +45,9 @@ def test_every_example_has_a_docstring_and_a_tiny_main():
     for name in scripts:
         text = (EXAMPLES / f"{name}.py").read_text()
         assert text.startswith('"""'), f"{name}.py has no docstring header"
+        # The gallery takes the title from the docstring's first line, underlined.
+        title, underline = text[3:].lstrip("\n").splitlines()[:2]
+        assert title and underline == "=" * len(title), f"{name}.py: the docstring needs a title"
         assert "--tiny" in text and re.search(r"def main\(\s*tiny", text), name
 
 
@@ -126,3 +130,17 @@ def test_precomputed_embeddings():
     no_ct = weights["modality_weight__ct"] == 0
     assert no_ct.any()
     assert (weights.loc[no_ct, ["expert_weight__ct__ct_large", "expert_weight__ct__ct_small"]] == 0).all(axis=None)
+
+
+def test_custom_expert(tmp_path):
+    result = load_example("custom_expert").main(tiny=True, workdir=str(tmp_path), n_samples=60)
+    scores = result["scores"]
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    names = list(result["feature_names"])
+    report = [n for n in names if n.startswith("report__")]
+    assert report == [f"report__tfidf-svd__{k}" for k in range(16)]
+    modality = result["weights"].filter(like="modality_weight__")
+    assert list(modality.columns) == ["modality_weight__xray", "modality_weight__report", "modality_weight__labs"]
+    # A fit that finds every embedding in the cache never builds the text model.
+    assert result["text_model_loaded"] is False
+    assert result["fingerprints_differ"] is True

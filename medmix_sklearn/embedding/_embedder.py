@@ -143,7 +143,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     ----------
     n_features_in_ : int
         Number of columns of X seen in :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X seen in :meth:`fit`, when they are all strings.
     feature_names_out_ : ndarray of shape (n_features_out,)
         Output column names (see :meth:`get_feature_names_out`).

@@ -184,7 +184,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Class labels.
     n_features_in_ : int
         Number of input columns.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names, when X had string column names.
     blocks_ : list of Block
         The expert and tabular blocks used as inputs (teacher blocks excluded).

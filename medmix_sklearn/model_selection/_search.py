@@ -33,7 +33,7 @@ def default_search_space(prefix="clf__", *, expert_sets=None, expert_set_param="
 
     Parameters
     ----------
-    prefix : str, default="clf__"
+    prefix : str, default="clf\\__"
         Prepended to every classifier parameter: the Pipeline step name
         followed by ``"__"``, or ``""`` to search a bare classifier.
     expert_sets : dict or iterable of str, default=None
