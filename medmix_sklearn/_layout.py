@@ -154,6 +154,70 @@ def parse_feature_names(feature_names) -> list[Block]:
     ]
 
 
+def strip_transformer_prefixes(feature_names) -> list[str]:
+    """Remove the transformer-name prefix a ColumnTransformer puts before layout names.
+
+    ``ColumnTransformer([("mm", embedder, ...)])`` names the embedder's
+    columns ``mm__{modality}__{expert}__{k}`` and ``mm__{modality}__{feature}``;
+    read as they are, every modality would become one modality ``mm``. Names
+    are grouped by their first part; a group (other than ``teacher``) is taken
+    as prefixed when each of its names still has a ``{modality}__...`` layout
+    after the prefix goes, and either one of them is an expert column with the
+    prefix (four or more parts, the last an integer) or none is an expert
+    column without it (three parts, the last an integer). Other names are
+    returned unchanged.
+
+    Parameters
+    ----------
+    feature_names : array-like of str
+
+    Returns
+    -------
+    names : list of str
+    """
+    names = [str(n) for n in feature_names]
+    groups: dict[str, list[list[str]]] = {}
+    for name in names:
+        parts = name.split(SEP)
+        groups.setdefault(parts[0], []).append(parts)
+    prefixed = set()
+    for first, members in groups.items():
+        if first == TEACHER or any(len(parts) < 3 for parts in members):
+            continue
+        with_prefix = any(len(parts) >= 4 and parts[-1].isdigit() for parts in members)
+        genuine = any(len(parts) == 3 and parts[-1].isdigit() for parts in members)
+        if with_prefix or not genuine:
+            prefixed.add(first)
+    return [
+        name.split(SEP, 1)[1] if name.split(SEP, 1)[0] in prefixed else name for name in names
+    ]
+
+
+def check_blocks(blocks, n_features: int) -> list[Block]:
+    """Check a sequence of :class:`Block` (such as the embedder's ``blocks_``) against X.
+
+    Raises
+    ------
+    ValueError
+        If an item is not a Block, an index is out of range or claimed twice,
+        or a column is unclaimed.
+    """
+    out = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, Block):
+            raise ValueError(
+                "blocks must be a dict {modality: column indices} or a list of Block "
+                f"objects (such as a fitted embedder's blocks_); item {i} is {block!r}."
+            )
+        out.append(block)
+    mapping: dict[str, dict[str, tuple]] = {}
+    for block in out:
+        key = f"{TEACHER}{SEP}{block.modality}" if block.teacher else block.modality
+        mapping.setdefault(key, {})[block.expert] = block.columns
+    blocks_from_mapping(mapping, n_features)  # the same index checks
+    return out
+
+
 def blocks_from_mapping(blocks, n_features: int) -> list[Block]:
     """Build blocks from an explicit ``{modality: columns}`` mapping.
 

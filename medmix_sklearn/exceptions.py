@@ -12,6 +12,9 @@ __all__ = [
     "MissingExtraError",
     "MissingModalityWarning",
     "ExpertFingerprintWarning",
+    "DeviceFallbackWarning",
+    "LayoutWarning",
+    "UnsafeModelFileWarning",
 ]
 
 
@@ -37,3 +40,15 @@ class MissingModalityWarning(UserWarning):
 
 class ExpertFingerprintWarning(UserWarning):
     """An expert's weights differ from those a saved model was trained with."""
+
+
+class DeviceFallbackWarning(UserWarning):
+    """A fitted object's device is not available here; it runs on the CPU instead."""
+
+
+class LayoutWarning(UserWarning):
+    """The block layout could not be read from the input; it was lost on the way."""
+
+
+class UnsafeModelFileWarning(UserWarning):
+    """A model file in a format that runs code when loaded (pickle) is being loaded."""

@@ -1,7 +1,9 @@
 """MedMIXClassifier: scikit-learn contract, masking, persistence, layouts."""
 
+import copy
 import logging
 import pickle
+import threading
 
 import joblib
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from skorch.exceptions import DeviceWarning
 
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
@@ -165,13 +168,24 @@ def test_round_trip_gives_identical_predictions(fitted, dump, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a CPU-only machine")
 def test_model_saved_from_cuda_loads_on_cpu(fitted):
     clf, X, _ = fitted
-    state = clf.__getstate__()
-    assert all(t.device.type == "cpu" for t in state["_net_state"]["module"].values())
-    state["device_"] = "cuda"  # as if trained on a GPU
-    loaded = MedMIXClassifier.__new__(MedMIXClassifier)
-    loaded.__setstate__(state)
-    assert loaded.device_ == "cpu"
-    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    expected = clf.predict_proba(X)
+    cuda = copy.deepcopy(clf)
+    cuda.device_ = cuda.net_.device = "cuda"  # as if trained on a GPU
+    with pytest.warns(DeviceWarning, match="CUDA"):
+        loaded = pickle.loads(pickle.dumps(cuda))
+    assert str(loaded.net_.device) == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+
+
+def test_fitted_net_keeps_no_validation_rows_and_resumes_like_a_pickle(fitted):
+    clf, X, y = fitted
+    assert clf.net_.train_split is None
+    assert "early_stopping" not in dict(clf.net_.callbacks_)
+    live, loaded = copy.deepcopy(clf), pickle.loads(pickle.dumps(clf))
+    live.partial_fit(X, y)
+    loaded.partial_fit(X, y)
+    assert "valid_loss" not in live.net_.history[-1]
+    np.testing.assert_array_equal(live.predict_proba(X), loaded.predict_proba(X))
 
 
 def test_string_labels_and_multiclass():
@@ -334,3 +348,36 @@ def test_partial_fit_rejects_other_classes_later(fitted):
     clf.partial_fit(X, y, classes=np.unique(y))  # the same classes are fine
     with pytest.raises(ValueError, match="differs from the classes of the first call"):
         clf.partial_fit(X, y, classes=[*np.unique(y), "extra"])
+
+
+def test_fits_in_threads_equal_sequential_fits():
+    """Every draw comes from the estimator's generators, not torch's global one."""
+    X, y = block_frame(n=160)
+    params = dict(hidden_dim=16, max_epochs=4, lr=2e-2, dropout=0.3, modality_dropout=0.3)
+    seeds = [0, 123, 7]
+    sequential = [MedMIXClassifier(**params, random_state=s).fit(X, y).predict_proba(X) for s in seeds]
+    threaded: dict = {}
+    barrier = threading.Barrier(len(seeds))
+
+    def run(seed):
+        clf = MedMIXClassifier(**params, random_state=seed)
+        barrier.wait()
+        threaded[seed] = clf.fit(X, y).predict_proba(X)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed, expected in zip(seeds, sequential):
+        np.testing.assert_allclose(threaded[seed], expected, atol=1e-6)
+    assert not np.allclose(sequential[0], sequential[1])  # the seeds matter
+
+
+def test_fit_does_not_depend_on_torch_global_rng():
+    X, y = block_frame(n=80)
+    torch.manual_seed(6)  # a changed global seed changes nothing
+    a = MedMIXClassifier(**FAST).fit(X, y).predict_proba(X)
+    torch.manual_seed(7)
+    b = MedMIXClassifier(**FAST).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)

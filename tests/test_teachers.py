@@ -10,13 +10,14 @@ from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, cross_val_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
 from medmix_sklearn.fusion._losses import FusionLoss, alignment_loss, distillation_loss
+from medmix_sklearn.fusion._net import BlockDataset
 from medmix_sklearn.fusion._network import AlignmentHeads, FusionOutput, MedMIXNetwork
 
 FAST = dict(hidden_dim=8, max_epochs=6, lr=2e-2, random_state=0)
@@ -119,14 +120,20 @@ def test_teacher_modes_train_and_change_the_model(data, plain, teacher):
     assert clf.net_.module_.state_dict().keys() == plain.net_.module_.state_dict().keys()
 
 
-def test_distillation_pulls_the_student_towards_the_teacher(data, plain):
+def test_distillation_pulls_the_student_towards_the_teacher(data):
+    # The target is what is distilled: the teacher's out-of-fold probabilities.
+    # One seed's gap is noisy at this size, so the mean over three is compared.
     X, y = data
-    clf = MedMIXClassifier(teacher=small_hgb(), distill_weight=5.0, **FAST).fit(X, y)
-    teacher = small_hgb().fit(X.to_numpy(), y)
-    target = teacher.predict_proba(X.to_numpy())[:, 1]
-    gap_plain = np.abs(plain.predict_proba(X)[:, 1] - target).mean()
-    gap_distilled = np.abs(clf.predict_proba(X)[:, 1] - target).mean()
-    assert gap_distilled < gap_plain
+    gaps_plain, gaps_distilled = [], []
+    for seed in range(3):
+        params = {**FAST, "random_state": seed}
+        plain = MedMIXClassifier(**params).fit(X, y)
+        clf = MedMIXClassifier(teacher=small_hgb(), distill_weight=5.0, **params).fit(X, y)
+        cv = StratifiedKFold(5, shuffle=True, random_state=clf.seed_)
+        target = cross_val_predict(small_hgb(), X.to_numpy(), y, cv=cv, method="predict_proba")[:, 1]
+        gaps_plain.append(np.abs(plain.predict_proba(X)[:, 1] - target).mean())
+        gaps_distilled.append(np.abs(clf.predict_proba(X)[:, 1] - target).mean())
+    assert np.mean(gaps_distilled) < np.mean(gaps_plain)
 
 
 def test_alignment_heads_are_trained_then_dropped(data, monkeypatch):
@@ -239,10 +246,9 @@ def test_pickle_size_and_fitted_state_hold_no_teacher(data):
     assert not hasattr(taught.teacher[1], "n_iter_")
     assert not any(isinstance(v, HistGradientBoostingClassifier) for v in vars(taught).values())
     assert {k for k, v in vars(taught).items() if isinstance(v, BaseEstimator)} == {"_encoder", "net_"}
-    state = taught.__getstate__()["_net_state"]
-    assert state["module"].keys() == plain.__getstate__()["_net_state"]["module"].keys()
+    assert taught.net_.module_.state_dict().keys() == plain.net_.module_.state_dict().keys()
     n_params = sum(1 for _ in taught.net_.module_.parameters())
-    assert len(state["optimizer"]["state"]) == n_params
+    assert len(taught.net_.optimizer_.state_dict()["state"]) == n_params
     assert b"AlignmentHeads" not in pickle.dumps(taught)
     loaded = pickle.loads(pickle.dumps(taught))
     np.testing.assert_array_equal(loaded.predict_proba(X), taught.predict_proba(X))
@@ -251,9 +257,10 @@ def test_pickle_size_and_fitted_state_hold_no_teacher(data):
 def test_fitted_net_keeps_no_teacher_values(data):
     X, y = data
     clf = MedMIXClassifier(teacher=("align", small_hgb()), **FAST).fit(X, y)
-    # Early stopping's held-out rows stay on the net (its train_split); without teacher tensors.
-    valid = clf.net_.train_split.keywords["valid_ds"]
-    assert len(valid) > 0 and valid.teacher == {}
+    assert clf.n_iter_ > 0 and "valid_loss" in clf.net_.history[-1]  # early stopping ran
+    # Early stopping's held-out rows (with their teacher values) are not kept.
+    assert clf.net_.train_split is None
+    assert not any(isinstance(v, BlockDataset) for v in vars(clf.net_).values())
 
 
 class RecordingTeacher(ClassifierMixin, BaseEstimator):

@@ -32,7 +32,7 @@ from .._layout import (
     tabular_feature_names,
 )
 from .._missing import is_missing, missing_mask
-from ..exceptions import ItemReadError, ItemReadWarning, MissingModalityWarning
+from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
 from ._cache import EmbeddingCache, resolve_cache_dir
 
@@ -582,6 +582,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         cache = EmbeddingCache(directory) if directory is not None else None
         n_threads = _n_threads(self.n_jobs)
         blocks = iter(self.blocks_)
+        device = None  # resolved at the first expert entry
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             for teacher, fitted in ((False, self.modalities_), (True, self.teachers_)):
                 for name, spec, labels in fitted:
@@ -592,8 +593,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     if teacher and not with_teachers:
                         continue
                     if isinstance(spec, list):
+                        if device is None:
+                            device = self._run_device()
                         self._embed_entry(
-                            name, spec, labels[0], entry_blocks, frame, out, cache, pool
+                            name, spec, labels[0], entry_blocks, frame, out, cache, pool, device
                         )
                     else:
                         cols = list(entry_blocks[0].columns)
@@ -634,6 +637,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         out: np.ndarray,
         cache: EmbeddingCache | None,
         pool: ThreadPoolExecutor,
+        device: str,
     ) -> None:
         values = frame[column].tolist()
         rows = [i for i, v in enumerate(values) if not is_missing(v)]
@@ -658,7 +662,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                 if isinstance(key, str) and key not in first:
                     first[key] = i
             vectors, failed_keys = self._vectors_for(
-                expert, first, items, rows, labels, column, cache, pool, where
+                expert, first, items, rows, labels, column, cache, pool, where, device
             )
             for i, key in enumerate(keys):
                 if isinstance(key, str) and key in failed_keys:
@@ -687,10 +691,11 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         cache: EmbeddingCache | None,
         pool: ThreadPoolExecutor,
         where: str,
+        device: str,
     ) -> tuple[dict, dict]:
         """Embeddings of the unique keys: from the cache, else computed in batches."""
         dim = int(expert.output_dim)
-        fingerprint = expert.fingerprint() if cache is not None else ""
+        fingerprint = expert.fingerprint(device) if cache is not None else ""
         vectors = cache.get_many(fingerprint, first, dim=dim) if cache is not None else {}
         hits = len(vectors)
         todo = [key for key in first if key not in vectors]
@@ -725,7 +730,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     good_keys.append(key)
                     decoded.append(value)
             if decoded:
-                embedded = self._run_expert(expert, decoded, dim, where)
+                embedded = self._run_expert(expert, decoded, dim, where, device)
                 for key, vector in zip(good_keys, embedded):
                     vectors[key] = vector
                 if cache is not None:
@@ -747,11 +752,36 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         )
         return vectors, failed
 
-    def _run_expert(self, expert: BaseExpert, decoded: list, dim: int, where: str) -> np.ndarray:
+    def _run_device(self) -> str:
+        """The device to embed on now: ``device_``, or the CPU when it is gone.
+
+        A model fitted where CUDA exists records ``device_="cuda"``; loaded on
+        a machine without it, the experts run on the CPU with a warning (their
+        fingerprint then names CPU float32, so GPU cache entries are not mixed in).
+        """
+        device = str(self.device_)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                warnings.warn(
+                    f"This MultimodalExpertEmbedder was fitted with device_={device!r}, but "
+                    "CUDA is not available here; its experts run on the CPU instead (in "
+                    "float32, so items are embedded afresh rather than read from cache "
+                    "entries made on the GPU). Refit with device='cpu' to silence this warning.",
+                    DeviceFallbackWarning,
+                    stacklevel=4,
+                )
+                return "cpu"
+        return device
+
+    def _run_expert(
+        self, expert: BaseExpert, decoded: list, dim: int, where: str, device: str
+    ) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            embedded = expert.embed(decoded, device=self.device_, batch_size=self.batch_size)
+            embedded = expert.embed(decoded, device=device, batch_size=self.batch_size)
         embedded = np.asarray(embedded, dtype=np.float32)
         expected = (len(decoded), dim)
         if embedded.shape != expected:

@@ -78,24 +78,49 @@ class BaseExpert(BaseEstimator, ABC):
         Must not load the model.
         """
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, device: str = "cpu") -> str:
         """Hex digest identifying this expert's embeddings, for the cache.
 
         Combines the model name, the weights (a hash of the weights files, or
         the seed or source of weights that are not read from a file), the
-        preprocessing configuration and :data:`CACHE_FORMAT_VERSION`. It never
-        loads the model. It is remembered by the instance until a parameter
-        changes; an unpickled expert computes it afresh.
+        preprocessing configuration, the numeric precision on ``device`` (see
+        :meth:`precision`) and :data:`CACHE_FORMAT_VERSION`. Embeddings
+        computed at another precision (CUDA autocast vs CPU float32) differ in
+        their last digits, so they never share cache entries. It never loads
+        the model. It is remembered by the instance until a parameter changes;
+        an unpickled expert computes it afresh.
+
+        Parameters
+        ----------
+        device : str, default="cpu"
+            The torch device the embeddings are computed on.
         """
-        cached = self.__dict__.get("_fingerprint_cache")
+        precision = self.precision(device)
+        cache = self.__dict__.setdefault("_fingerprint_cache", {})
+        cached = cache.get(precision)
         if cached is None:
             parts = dict(self._fingerprint_parts())
             parts["cache_format_version"] = CACHE_FORMAT_VERSION
             parts["class"] = type(self).__name__
+            parts["precision"] = precision
             text = repr(sorted(parts.items()))
-            cached = hashlib.sha256(text.encode()).hexdigest()
-            self.__dict__["_fingerprint_cache"] = cached
+            cached = cache[precision] = hashlib.sha256(text.encode()).hexdigest()
         return cached
+
+    def precision(self, device: str = "cpu") -> str:
+        """Device class and numeric precision of the embeddings on ``device``.
+
+        ``"cpu:float32"`` on the CPU; ``"cuda:autocast-bfloat16"`` (or
+        ``-float16`` where bfloat16 is unsupported) on CUDA, where the experts
+        run under autocast. Part of :meth:`fingerprint`.
+        """
+        kind = str(device).split(":")[0]
+        if kind != "cuda":
+            return f"{kind}:float32"
+        import torch
+
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return f"cuda:autocast-{'bfloat16' if bf16 else 'float16'}"
 
     @property
     @abstractmethod

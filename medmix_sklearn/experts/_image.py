@@ -28,8 +28,11 @@ __all__ = ["ImageExpert"]
 logger = logging.getLogger(__name__)
 
 # Seed of the random initialisation used with ``pretrained=False``: two loads
-# give equal weights, so the fingerprint of a random expert stays valid.
+# give equal weights, so the fingerprint of a random expert stays valid. The
+# weights are drawn from a generator of their own (see ``_init_weights``), never
+# from torch's process-wide one, so loads in several threads agree.
 _RANDOM_INIT_SEED = 0
+_RANDOM_INIT_SCHEME = "generator-v2"
 _HF_HUB_PREFIX = "hf-hub:"
 _CLASSIFIER_PREFIXES = ("_fc.", "fc.", "classifier.", "head.", "head.fc.", "last_linear.")
 
@@ -147,6 +150,47 @@ def _read_checkpoint(path: str) -> dict:
             f"names to tensors). Got {type(state).__name__} instead."
         )
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _init_weights(module, generator) -> None:
+    """Draw every randomly initialised parameter of ``module`` from ``generator``.
+
+    timm's own initialisation draws from torch's process-wide generator,
+    which other threads may draw from at the same time; so the weights are
+    drawn again here: convolutions and linear layers get torch's default
+    initialisation (Kaiming-uniform), embeddings a standard normal. Norm layers
+    and parameters whose values are all equal (constants such as layer-scale
+    factors) keep their deterministic values; any other parameter gets a
+    normal of standard deviation 0.02 (position embeddings, class tokens).
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    def draw(tensor, init, **kwargs) -> None:
+        values = torch.empty(tensor.shape, dtype=torch.float32)
+        init(values, generator=generator, **kwargs)
+        tensor.copy_(values)
+
+    with torch.no_grad():
+        for sub in module.modules():
+            own = dict(sub.named_parameters(recurse=False))
+            if isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
+                weight = own.pop("weight")
+                draw(weight, nn.init.kaiming_uniform_, a=math.sqrt(5))
+                bias = own.pop("bias", None)
+                if bias is not None:
+                    fan_in = weight[0].numel()
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+                    draw(bias, nn.init.uniform_, a=-bound, b=bound)
+            elif isinstance(sub, nn.Embedding):
+                draw(own.pop("weight"), nn.init.normal_)
+            elif isinstance(sub, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+                continue
+            for param in own.values():
+                if param.numel() > 1 and bool((param != param.reshape(-1)[0]).any()):
+                    draw(param, nn.init.normal_, std=0.02)
 
 
 def _load_checkpoint(model, path: str, classifier: str) -> None:
@@ -295,7 +339,7 @@ class ImageExpert(BaseExpert):
             import torch
 
             weights = (
-                f"random-init:seed={_RANDOM_INIT_SEED}:timm={timm.__version__}"
+                f"random-init:{_RANDOM_INIT_SCHEME}:seed={_RANDOM_INIT_SEED}:timm={timm.__version__}"
                 f":torch={torch.__version__}"
             )
         else:
@@ -361,9 +405,12 @@ class ImageExpert(BaseExpert):
                     "pretrained=False for random weights."
                 ) from exc
         else:
+            # timm's own initialisation draws from the process-wide generator;
+            # its state is restored for the caller, and every weight is then
+            # drawn again from a generator of our own.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_RANDOM_INIT_SEED)
                 module = timm.create_model(spec.architecture, pretrained=False, **kwargs)
+            _init_weights(module, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
             if spec.weights == "checkpoint":
                 _load_checkpoint(module, spec.weights_path, info.classifier)
             elif spec.weights == "preset":

@@ -26,7 +26,6 @@ soft labels enter the training loss, and are dropped at the end of ``fit``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import warnings
@@ -54,14 +53,25 @@ from sklearn.utils.validation import (
 from skorch.callbacks import EarlyStopping
 from skorch.helper import predefined_split
 
-from .._layout import SEP, TABULAR_EXPERT, Block, blocks_from_mapping, parse_feature_names
+from .._layout import (
+    SEP,
+    TABULAR_EXPERT,
+    Block,
+    blocks_from_mapping,
+    check_blocks,
+    parse_feature_names,
+    strip_transformer_prefixes,
+)
 from .._missing import block_presence
-from ..exceptions import MissingModalityWarning
+from ..exceptions import LayoutWarning, MissingModalityWarning
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
 from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionOutput, MedMIXNetwork
 
 _DEFAULT_MODALITY = "features"
+# An input at least this wide without layout names could have been a block
+# matrix whose layout was lost (the smallest embedding experts are this wide).
+_LAYOUT_WARN_WIDTH = 32
 _ALIGN = "align"
 
 
@@ -164,16 +174,26 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         :class:`~sklearn.model_selection.StratifiedKFold` seeded from
         ``random_state`` (reduced to the size of the smallest class when that
         is smaller).
-    blocks : dict or None, default=None
+    blocks : dict, list of Block or None, default=None
         Explicit layout ``{modality: column indices}`` or ``{modality: {expert:
-        column indices}}``, for input without layout column names. Overrides
-        names when given. Without both, every column is one tabular modality.
+        column indices}}``, or the ``blocks_`` of a fitted
+        :class:`MultimodalExpertEmbedder`, for input without layout column
+        names (arrays from a meta-estimator such as ``BaggingClassifier``).
+        Overrides names when given. Without both, names with a common
+        transformer prefix (``ColumnTransformer``'s ``mm__xray__...``) are
+        read without it, and otherwise every column is one tabular modality,
+        with a :class:`~medmix_sklearn.exceptions.LayoutWarning` when the
+        input is wide enough (32 columns or more) to have been a block matrix
+        whose layout was lost.
     device : str, default="auto"
         Torch device; "auto" picks CUDA when available. Resolved in ``fit`` as
         ``device_``.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling, dropout and the validation split.
-        With an int, CPU training is reproducible.
+        Seeds weight initialisation, shuffling, dropout, modality dropout, the
+        validation split and the teacher's folds. Every draw comes from the
+        estimator's own generators, never torch's process-wide one, so with an
+        int CPU training is reproducible, also when several fits run at once
+        in threads (joblib, Optuna, Dask).
     verbose : int, default=0
         Show a tqdm bar over epochs with the losses. Every epoch is also
         logged at INFO level on this module's logger.
@@ -244,7 +264,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "distill_weight": [Interval(Real, 0, None, closed="left")],
         "distill_temperature": [Interval(Real, 0, None, closed="neither")],
         "teacher_cv": [Interval(Integral, 2, None, closed="left"), HasMethods(["split", "get_n_splits"])],
-        "blocks": [dict, None],
+        "blocks": [dict, list, tuple, None],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -339,7 +359,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         y_enc = self._encoder.transform(y)
         self._fit_preprocessing(X)
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        self._generator = torch.Generator().manual_seed(self.seed_)
         self.class_weight_ = self._class_weights(y_enc)
         dataset = self._dataset(X, y_enc, sample_weight)
         aligner = None
@@ -353,16 +372,18 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             if valid_idx is not None:
                 valid = dataset.subset(valid_idx)
         self.net_ = self._build_net(valid, aligner=aligner)
-        with self._rng(self.seed_):
-            self.net_.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
+        self.net_.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
         dict(self.net_.callbacks_)["epoch_log"].close()
         # Training-only: the heads and their optimizer go, so prediction and
-        # the pickle are those of a model trained without a teacher.
+        # the pickle are those of a model trained without a teacher. The
+        # held-out rows and early stopping go too: the fitted net holds no
+        # training rows, and a later partial_fit trains the same way on a
+        # live model and on an unpickled one.
         self.net_.drop_teacher()
         if valid is not None:
-            # The net keeps the held-out rows for its train_split; their teacher
-            # values are training-only too.
-            valid.teacher.clear()
+            self.net_.train_split = None
+            self.net_.callbacks = [cb for cb in self.net_.callbacks if cb[0] != "early_stopping"]
+            self.net_.initialize_callbacks()
         self.n_iter_ = len(self.net_.history)
         return self
 
@@ -422,15 +443,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         if first:
             self._fit_preprocessing(X)
             self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            self._generator = torch.Generator().manual_seed(self.seed_)
             self.class_weight_ = self._class_weights(y_enc)
             self.net_ = self._build_net(None)
-            with self._rng(self.seed_):
-                self.net_.initialize()
+            self.net_.initialize()
             self.n_iter_ = 0
         dataset = self._dataset(X, y_enc, sample_weight)
-        with self._rng(self.seed_ + self.n_iter_ + 1):
-            self.net_.partial_fit(dataset, None, epochs=1)
+        self.net_.partial_fit(dataset, None, epochs=1)
         self.n_iter_ += 1
         return self
 
@@ -498,47 +516,31 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(values, columns=columns, index=index)
 
-    # -- persistence -------------------------------------------------------
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # object.__getstate__ may return __dict__ itself
-        net = state.pop("net_", None)
-        if net is not None:
-            # Tensors go to CPU, so a model trained on CUDA unpickles anywhere;
-            # the skorch net is rebuilt around them on load.
-            state["_net_state"] = {
-                "module": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
-                "optimizer": _to_cpu(net.optimizer_.state_dict()),
-                "history": net.history,
-                "generator": self._generator.get_state(),
-            }
-        state.pop("_generator", None)
-        return state
-
-    def __setstate__(self, state):
-        net_state = state.pop("_net_state", None)
-        super().__setstate__(state)
-        if net_state is None:
-            return
-        if str(self.device_).startswith("cuda") and not torch.cuda.is_available():
-            self.device_ = "cpu"
-        self._generator = torch.Generator()
-        self.net_ = self._build_net(None)
-        with self._rng(0):
-            self.net_.initialize()
-        self.net_.module_.load_state_dict(net_state["module"])
-        self.net_.optimizer_.load_state_dict(net_state["optimizer"])
-        self.net_.history = net_state["history"]
-        self._generator.set_state(net_state["generator"])
-
     # -- internals ---------------------------------------------------------
     def _resolve_layout(self, n_features: int) -> tuple[list[Block], list[Block]]:
         """Student blocks (the inputs) and teacher blocks (training-only targets)."""
         names = getattr(self, "feature_names_in_", None)
-        if self.blocks is not None:
+        if isinstance(self.blocks, dict):
             layout = blocks_from_mapping(self.blocks, n_features)
+        elif self.blocks is not None:
+            layout = check_blocks(self.blocks, n_features)
         elif names is not None and any(SEP in str(n) for n in names):
-            layout = parse_feature_names(names)
+            layout = parse_feature_names(strip_transformer_prefixes(names))
         else:
+            if n_features >= _LAYOUT_WARN_WIDTH:
+                given = "an array without column names" if names is None else "columns without layout names"
+                warnings.warn(
+                    f"MedMIXClassifier got {given} ({n_features} columns), so it treats "
+                    f"them all as one tabular modality {_DEFAULT_MODALITY!r}. If X comes from "
+                    "MultimodalExpertEmbedder, its block layout was lost on the way (a "
+                    "meta-estimator such as BaggingClassifier passes arrays; "
+                    "set_output(transform='default') drops column names). Keep the layout "
+                    "with set_output(transform='pandas') on the embedder, or pass "
+                    "blocks=embedder.blocks_ (or a {modality: columns} dict); pass "
+                    f"blocks={{{_DEFAULT_MODALITY!r}: range({n_features})}} to silence this warning.",
+                    LayoutWarning,
+                    stacklevel=4,
+                )
             layout = [Block(_DEFAULT_MODALITY, TABULAR_EXPERT, tuple(range(n_features)))]
         # Teacher blocks are training-only targets, never inputs.
         students = [b for b in layout if not b.teacher]
@@ -824,26 +826,18 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             train_split=None if valid is None else predefined_split(valid),
             iterator_train=BatchIterator,
             iterator_train__shuffle=True,
-            iterator_train__generator=self._generator,
             iterator_valid=BatchIterator,
             callbacks=callbacks,
             device=self.device_,
+            random_state=self.seed_,
             verbose=0,
         )
-
-    @contextlib.contextmanager
-    def _rng(self, seed: int):
-        """Fork torch's global RNG, seed it, and restore it afterwards."""
-        devices = [torch.device(self.device_).index or 0] if str(self.device_).startswith("cuda") else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
 
     def _forward(self, X):
         check_is_fitted(self)
         X, where = self._validate_predict_input(X)
         dataset = self._dataset(X, where=where)
-        if str(self.device_) != "cpu":
+        if str(self.net_.device) != "cpu":
             out = self.net_.forward(dataset, training=False, device="cpu")
             return FusionOutput(*out)
         # On the CPU, infer in float64: float32 kernels round differently with
@@ -886,12 +880,3 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 def _log_info(message: str) -> None:
     logging.getLogger(__name__).info(message)
 
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj

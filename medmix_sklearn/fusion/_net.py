@@ -16,6 +16,14 @@ With an ``aligner`` spec, ``initialize_module`` adds the projection heads
 :meth:`FusionNet.drop_teacher` removes both after training and neither the
 module state nor the optimizer state of ``optimizer_`` ever holds teacher
 weights.
+
+Every random draw of training comes from the net's own generator
+``generator_`` (seeded with ``random_state``): weight initialisation,
+shuffling, dropout and modality dropout. Torch's process-wide generator is
+never used, so nets trained in threads at the same time do not disturb each
+other. On CUDA, dropout draws from a CUDA generator seeded from ``generator_``
+at the start of each call to ``fit``/``partial_fit``; it lives only while
+training.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, EpochTimer, PassthroughScoring
 from skorch.utils import to_tensor
 
-from ._network import AlignmentHeads
+from ._network import AlignmentHeads, init_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -174,17 +182,45 @@ class FusionNet(NeuralNet):
         Keyword arguments of :class:`AlignmentHeads` (``hidden_dim``,
         ``target_dims``, ``sources``) to train teacher alignment heads; None
         for none.
+    random_state : int, default=0
+        Seed of ``generator_``, the source of every random draw.
     """
 
-    def __init__(self, module, criterion, *, aligner=None, **kwargs):
+    def __init__(self, module, criterion, *, aligner=None, random_state=0, **kwargs):
         super().__init__(module, criterion, **kwargs)
         self.aligner = aligner
+        self.random_state = random_state
+
+    def initialize(self):
+        self.generator_ = torch.Generator().manual_seed(int(self.random_state))
+        return super().initialize()
 
     def initialize_module(self):
         super().initialize_module()
+        init_parameters(self.module_, self.generator_)
         if self.aligner is not None:
-            self.aligner_ = AlignmentHeads(**self.aligner)
+            heads = init_parameters(AlignmentHeads(**self.aligner), self.generator_)
+            self.aligner_ = heads.to(self.device)
         return self
+
+    def get_iterator(self, dataset, training=False):
+        iterator = super().get_iterator(dataset, training=training)
+        if training:
+            iterator.generator = self.generator_
+        return iterator
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        device = torch.device(self.device)
+        if device.type == "cpu":
+            self._dropout_generator = self.generator_
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator_))
+            self._dropout_generator = torch.Generator(device=device).manual_seed(seed)
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        super().on_train_end(net, X=X, y=y, **kwargs)
+        self.__dict__.pop("_dropout_generator", None)
 
     def initialize_optimizer(self, triggered_directly=None):
         # The network and the training-only heads get separate optimizers, so
@@ -213,8 +249,10 @@ class FusionNet(NeuralNet):
 
     def infer(self, x, **fit_params):
         x = {key: value for key, value in x.items() if key in _NETWORK_INPUTS}
-        if self.module_.training and getattr(self, "aligner_", None) is not None:
-            fit_params = {**fit_params, "return_tokens": True}
+        if self.module_.training:
+            fit_params = {**fit_params, "generator": self.__dict__.get("_dropout_generator")}
+            if getattr(self, "aligner_", None) is not None:
+                fit_params["return_tokens"] = True
         return super().infer(x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):

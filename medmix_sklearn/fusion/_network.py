@@ -21,6 +21,11 @@ informative: sicker patients get more imaging). "gate" and "mean" pool the
 weighted tokens into one vector; "concat" concatenates them unweighted with
 zeros and the mask (the non-masked baseline). A row with no modality present
 gets a learned null representation, hence the learned prior.
+
+Randomness never comes from torch's process-wide generator: weights are drawn
+by :func:`init_parameters` and dropout and modality dropout by ``forward``,
+both from a ``torch.Generator`` the caller owns, so that fits running in
+threads at the same time do not disturb each other.
 """
 
 from __future__ import annotations
@@ -60,6 +65,58 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return torch.softmax(filled, dim=dim) * mask.to(scores.dtype)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout whose mask is drawn from ``generator``.
+
+    The same as :func:`torch.nn.functional.dropout` when ``generator`` is
+    None (then torch's process-wide generator is used).
+    """
+    if not training or p == 0.0:
+        return x
+    if generator is None:
+        return nn.functional.dropout(x, p, training=True)
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep / (1.0 - p)
+
+
+def _draw(tensor: torch.Tensor, init, generator: torch.Generator, **kwargs) -> None:
+    """Fill ``tensor`` in place with ``init(cpu_tensor, generator=generator, **kwargs)``.
+
+    Drawing on the CPU with a CPU generator gives the same weights whatever
+    the device the module lives on.
+    """
+    with torch.no_grad():
+        values = torch.empty(tensor.shape, dtype=torch.float32)
+        init(values, generator=generator, **kwargs)
+        tensor.copy_(values)
+
+
+def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter of ``module`` from ``generator``.
+
+    Linear layers get torch's default initialisation (Kaiming-uniform weights
+    and a uniform bias of bound ``1/sqrt(fan_in)``), LayerNorms ones and zeros;
+    a module's own parameters are set by its ``_init_own_parameters(generator)``
+    when it has one. Nothing is drawn from torch's process-wide generator.
+    Returns ``module``.
+    """
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            fan_in = sub.weight.shape[1]
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            _draw(sub.weight, nn.init.kaiming_uniform_, generator, a=math.sqrt(5))
+            if sub.bias is not None:
+                _draw(sub.bias, nn.init.uniform_, generator, a=-bound, b=bound)
+        elif isinstance(sub, nn.LayerNorm):
+            sub.reset_parameters()
+        own = getattr(sub, "_init_own_parameters", None)
+        if own is not None:
+            own(generator)
+    return module
+
+
 def masked_uniform(mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Uniform weights over the true entries of ``mask``; all zeros if none."""
     m = mask.to(torch.get_default_dtype())
@@ -74,10 +131,10 @@ class ExpertEncoder(nn.Module):
         self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.proj = nn.Linear(in_dim, hidden_dim)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)  # holds p; the mask comes from the caller's generator
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.proj(self.norm(x))))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return dropout(self.act(self.proj(self.norm(x))), self.drop.p, self.training, generator)
 
 
 class MedMIXNetwork(nn.Module):
@@ -169,15 +226,28 @@ class MedMIXNetwork(nn.Module):
         self.aux_head_bias = nn.Parameter(torch.zeros(n_modalities, n_classes))
         nn.init.normal_(self.aux_head_weight, std=1.0 / math.sqrt(hidden_dim))
 
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        """Draw the parameters that are not inside a Linear or LayerNorm (see ``init_parameters``)."""
+        h = self.hidden_dim
+        _draw(self.modality_embedding, nn.init.normal_, generator, std=0.02)
+        _draw(self.aux_head_weight, nn.init.normal_, generator, std=1.0 / math.sqrt(h))
+        with torch.no_grad():
+            self.null_token.zero_()
+            self.aux_head_bias.zero_()
+        if self.modality_fusion == "attention":
+            _draw(self.query, nn.init.normal_, generator, std=1.0 / math.sqrt(h))
+
     # -- pieces -----------------------------------------------------------
-    def _expert_tokens(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _expert_tokens(
+        self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (n, B, h) with absent blocks zeroed, and gate scores (n, B)."""
         tokens, scores = [], []
         for b, xb in enumerate(torch.split(x, self.block_dims, dim=1)):
             present = mask[:, b : b + 1].to(xb.dtype)
             # Multiplying by the 0/1 mask (cheaper than torch.where) zeroes any
             # finite value in an absent block, before and after the encoder.
-            token = self.encoders[b](xb * present) * present
+            token = self.encoders[b](xb * present, generator) * present
             tokens.append(token)
             scores.append(self.expert_score[b](token))
         return torch.stack(tokens, dim=1), torch.cat(scores, dim=1)
@@ -193,14 +263,15 @@ class MedMIXNetwork(nn.Module):
             w = masked_uniform(allowed, dim=1).to(scores.dtype)
         return w.sum(dim=2)
 
-    def _drop_modalities(self, mod_mask: torch.Tensor) -> torch.Tensor:
+    def _drop_modalities(self, mod_mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Drop present modalities at random, keeping at least one per row."""
-        drop = torch.rand(mod_mask.shape, device=mod_mask.device) < self.modality_dropout
+        drop = torch.rand(mod_mask.shape, device=mod_mask.device, generator=generator) < self.modality_dropout
         kept = mod_mask & ~drop
         emptied = mod_mask.any(dim=1) & ~kept.any(dim=1)
         if emptied.any():
             # Restore one present modality, chosen uniformly, for emptied rows.
-            pick = torch.rand(mod_mask.shape, device=mod_mask.device).masked_fill(~mod_mask, -1.0)
+            pick = torch.rand(mod_mask.shape, device=mod_mask.device, generator=generator)
+            pick = pick.masked_fill(~mod_mask, -1.0)
             one = nn.functional.one_hot(pick.argmax(dim=1), self.n_modalities).bool()
             kept = kept | (one & emptied.unsqueeze(1))
         return kept
@@ -237,7 +308,11 @@ class MedMIXNetwork(nn.Module):
 
     # -- forward ----------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, return_tokens: bool = False
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        return_tokens: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Run the network.
 
@@ -252,6 +327,9 @@ class MedMIXNetwork(nn.Module):
             (before modality dropout; absent ones are zero) and the fused
             representation ``(n, hidden_dim)``, after the :class:`FusionOutput`
             fields. Training uses them for the teacher alignment terms.
+        generator : torch.Generator, default=None
+            Source of the dropout and modality-dropout draws in training (on
+            the device of ``x``); None uses torch's process-wide generator.
 
         Returns
         -------
@@ -260,16 +338,17 @@ class MedMIXNetwork(nn.Module):
             when ``return_tokens``).
         """
         mask = mask.bool()
-        tokens, scores = self._expert_tokens(x, mask)
+        tokens, scores = self._expert_tokens(x, mask, generator)
         expert_weights = self._expert_weights(scores, mask)
         # (n, M, h): weighted sum of each modality's expert tokens.
         mod_tokens = torch.einsum("nb,bm,nbh->nmh", expert_weights, self.membership.to(x.dtype), tokens)
         mod_mask = (mask.to(x.dtype) @ self.membership.to(x.dtype)) > 0
         fuse_mask = mod_mask
         if self.training and self.modality_dropout > 0:
-            fuse_mask = self._drop_modalities(mod_mask)
+            fuse_mask = self._drop_modalities(mod_mask, generator)
         fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
-        logits = self.head(fused)
+        norm, drop, linear = self.head
+        logits = linear(dropout(norm(fused), drop.p, self.training, generator))
         aux_logits = torch.einsum("nmh,mhc->nmc", mod_tokens, self.aux_head_weight) + self.aux_head_bias
         out = (logits, aux_logits, expert_weights, modality_weights, mod_mask.to(x.dtype))
         if return_tokens:

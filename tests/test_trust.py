@@ -1,0 +1,265 @@
+"""No silent wrong answers: reproducibility in threads, portability across devices,
+a layout that cannot be lost, model files that are safe to open, numbers that
+are what the user named (DESIGN.md section 9, trust rules)."""
+
+import threading
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from sklearn.pipeline import Pipeline
+
+from medmix_sklearn import load_model, save_model
+from medmix_sklearn.datasets import make_multimodal_classification
+from medmix_sklearn.embedding import MultimodalExpertEmbedder
+from medmix_sklearn.exceptions import DeviceFallbackWarning
+from medmix_sklearn.experts import ImageExpert
+from medmix_sklearn.experts._io import load_image
+from medmix_sklearn.fusion import MedMIXClassifier
+
+LABS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]
+FAST = dict(hidden_dim=16, max_epochs=3, lr=2e-2, random_state=0)
+
+
+def _blocks(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    y = (z.sum(axis=1) > 0).astype(int)
+    a = z @ rng.normal(size=(2, 4)) + 0.5 * rng.normal(size=(n, 4))
+    b = z @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(n, 3))
+    b[rng.random(n) < 0.3] = np.nan
+    cols = [f"xray__e__{k}" for k in range(4)] + [f"labs__v{k}" for k in range(3)]
+    return pd.DataFrame(np.hstack([a, b]), columns=cols), y
+
+
+# -- reproducibility --------------------------------------------------------------
+def test_random_experts_loaded_in_threads_agree(tiny_image_model, tmp_path):
+    """A randomly initialised expert draws its weights from its own generator."""
+    image = np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)
+    decoded = load_image(image)
+    expected = ImageExpert(tiny_image_model, pretrained=False).embed([decoded])
+    stop = threading.Event()
+
+    def hammer():  # another thread using torch's process-wide generator
+        i = 0
+        while not stop.is_set():
+            torch.manual_seed(i)
+            torch.rand(100)
+            i += 1
+
+    results = []
+
+    def load():
+        results.append(ImageExpert(tiny_image_model, pretrained=False).embed([decoded]))
+
+    noise = threading.Thread(target=hammer)
+    noise.start()
+    try:
+        loaders = [threading.Thread(target=load) for _ in range(3)]
+        for t in loaders:
+            t.start()
+        for t in loaders:
+            t.join()
+    finally:
+        stop.set()
+        noise.join()
+    assert len(results) == 3
+    for out in results:
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_optuna_search_in_threads_is_reproducible():
+    optuna = pytest.importorskip("optuna")
+    from optuna.distributions import FloatDistribution
+    from optuna_integration import OptunaSearchCV
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    X, y = _blocks(n=60)
+
+    def search():
+        # Identical trials in pairs: which thread runs which is up to Optuna,
+        # but every trial's score must depend only on its parameters.
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for lr in (0.02, 0.02, 0.05, 0.05):
+            study.enqueue_trial({"lr": lr})
+        search = OptunaSearchCV(
+            MedMIXClassifier(hidden_dim=8, max_epochs=3, early_stopping=False, random_state=0),
+            {"lr": FloatDistribution(1e-3, 1e-1, log=True)},
+            cv=2, n_trials=4, n_jobs=2, refit=False, random_state=0, study=study,
+        )
+        search.fit(X, y)
+        scores = {}
+        for trial in search.trials_:
+            scores.setdefault(trial.params["lr"], []).append(trial.value)
+        return search.best_score_, scores
+
+    (best_1, scores_1), (best_2, _) = search(), search()
+    assert best_1 == best_2
+    assert all(len(set(values)) == 1 for values in scores_1.values()), scores_1
+
+
+# -- devices ------------------------------------------------------------------------
+def test_fingerprint_names_device_class_and_precision(tiny_image_model):
+    expert = ImageExpert(tiny_image_model, pretrained=False)
+    assert expert.fingerprint() == expert.fingerprint("cpu")
+    assert expert.precision("cpu") == "cpu:float32"
+    assert expert.precision("cuda:1").startswith("cuda:autocast-")
+    assert expert.fingerprint("cuda") != expert.fingerprint("cpu")
+    assert expert.fingerprint("cuda") == expert.fingerprint("cuda:0")
+
+
+@pytest.fixture(scope="module")
+def image_pipeline(tmp_path_factory, tiny_image_model):
+    folder = tmp_path_factory.mktemp("trust")
+    X, y = make_multimodal_classification(
+        40, image_dir=folder / "images", image_size=32, missing_rate=0.2, random_state=0
+    )
+    embedder = MultimodalExpertEmbedder(
+        [("xray", [ImageExpert(tiny_image_model, pretrained=False)], "image_path"),
+         ("labs", "passthrough", LABS)],
+        cache_dir=folder / "cache", device="cpu",
+    )
+    pipe = Pipeline([("embed", embedder), ("clf", MedMIXClassifier(**FAST))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pipe.fit(X.iloc[:30], y[:30])
+    return pipe, X, y, folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a CPU-only machine")
+def test_cuda_recorded_pipeline_saved_and_loaded_predicts_new_images_on_cpu(image_pipeline):
+    from skorch.exceptions import DeviceWarning
+
+    pipe, X, _, folder = image_pipeline
+    new = X.iloc[30:]
+    expected = pipe.predict_proba(new)
+    # As the previous session would have saved it on a GPU machine.
+    pipe.named_steps["embed"].device_ = "cuda"
+    clf = pipe.named_steps["clf"]
+    clf.device_, clf.net_.device = "cuda", "cuda"
+    try:
+        path = save_model(pipe, folder / "cuda.model")
+    finally:
+        pipe.named_steps["embed"].device_ = "cpu"
+        clf.device_, clf.net_.device = "cpu", "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeviceWarning)
+        loaded = load_model(path)
+    with pytest.warns(DeviceFallbackWarning, match="CUDA is not available"):
+        proba = loaded.predict_proba(new)
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+
+
+# -- the layout is never lost silently -------------------------------------------
+def _wide_blocks(n=60, seed=0):
+    """Two expert modalities of 16 columns each and a tabular one: 35 columns."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    y = (z.sum(axis=1) > 0).astype(int)
+    cols, mats = [], []
+    for m in ("xray", "report"):
+        emb = z @ rng.normal(size=(2, 16)) + 0.5 * rng.normal(size=(n, 16))
+        emb[rng.random(n) < 0.3] = np.nan
+        mats.append(emb)
+        cols += [f"{m}__e__{k}" for k in range(16)]
+    mats.append(z + rng.normal(size=(n, 2)))
+    mats.append(rng.normal(size=(n, 1)))
+    cols += ["labs__age", "labs__wbc", "labs__crp"]
+    return pd.DataFrame(np.hstack(mats), columns=cols), y
+
+
+def test_array_from_a_meta_estimator_warns_that_the_layout_is_lost():
+    from sklearn.ensemble import BaggingClassifier
+
+    from medmix_sklearn.exceptions import LayoutWarning
+
+    X, y = _wide_blocks()
+    bag = BaggingClassifier(MedMIXClassifier(**FAST), n_estimators=2, random_state=0)
+    with pytest.warns(LayoutWarning, match="layout was lost.*blocks=embedder.blocks_"):
+        bag.fit(X, y)
+    assert bag.estimators_[0].modalities_ == ["features"]
+    # A narrow plain table is not a lost layout: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        MedMIXClassifier(**FAST).fit(X.iloc[:, -3:].to_numpy(), y)
+
+
+def test_explicit_blocks_from_the_embedder_keep_the_layout_through_bagging():
+    from sklearn.ensemble import BaggingClassifier
+
+    from medmix_sklearn._layout import parse_feature_names
+
+    X, y = _wide_blocks()
+    blocks = parse_feature_names(X.columns)  # what a fitted embedder's blocks_ holds
+    bag = BaggingClassifier(MedMIXClassifier(blocks=blocks, **FAST), n_estimators=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bag.fit(X.to_numpy(), y)
+    assert bag.estimators_[0].modalities_ == ["xray", "report", "labs"]
+    assert bag.predict_proba(X.to_numpy()).shape == (len(y), 2)
+    with pytest.raises(ValueError, match="list of Block"):
+        MedMIXClassifier(blocks=[blocks[0], "labs"], **FAST).fit(X.to_numpy(), y)
+    with pytest.raises(ValueError, match="unassigned"):
+        MedMIXClassifier(blocks=blocks[:2], **FAST).fit(X.to_numpy(), y)
+
+
+def _tabular_embedder():
+    """Raw table (plain column names) and an embedder that passes it through as 3 modalities."""
+    X, y = _wide_blocks()
+    X.columns = [f"a{k}" for k in range(16)] + [f"b{k}" for k in range(16)] + ["age", "wbc", "crp"]
+    embedder = MultimodalExpertEmbedder(
+        [("xray", "passthrough", list(X.columns[:16])),
+         ("report", "passthrough", list(X.columns[16:32])),
+         ("labs", "passthrough", ["age", "wbc", "crp"])],
+        cache_dir=None,
+    )
+    return X, y, embedder
+
+
+def test_set_output_default_warns_that_the_layout_is_lost():
+    from medmix_sklearn.exceptions import LayoutWarning
+
+    X, y, embedder = _tabular_embedder()
+    pipe = Pipeline([("embed", embedder), ("clf", MedMIXClassifier(**FAST))])
+    pipe.set_output(transform="default")
+    with pytest.warns(LayoutWarning, match="layout"):
+        pipe.fit(X, y)
+    pipe.set_output(transform="pandas")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        pipe.fit(X, y)
+    assert pipe.named_steps["clf"].modalities_ == ["xray", "report", "labs"]
+
+
+def test_column_transformer_prefix_is_recovered():
+    from sklearn.compose import ColumnTransformer
+
+    X, y, embedder = _tabular_embedder()
+    X["site"] = np.arange(len(X)) % 3
+    ct = ColumnTransformer([("mm", embedder, list(X.columns[:35]))], remainder="passthrough")
+    pipe = Pipeline([("ct", ct), ("clf", MedMIXClassifier(**FAST))]).set_output(transform="pandas")
+    pipe.fit(X, y)
+    clf = pipe.named_steps["clf"]
+    assert clf.feature_names_in_[0] == "mm__xray__a0"
+    assert clf.modalities_ == ["xray", "report", "labs", "remainder"]
+    assert [b.dim for b in clf.blocks_] == [16, 16, 3, 1]
+
+
+def test_strip_transformer_prefixes_on_expert_names():
+    from medmix_sklearn._layout import parse_feature_names, strip_transformer_prefixes
+
+    names = ["mm__xray__ckpt__0", "mm__xray__ckpt__1", "mm__labs__age",
+             "mm__teacher__xray__big__0", "remainder__site"]
+    stripped = strip_transformer_prefixes(names)
+    assert stripped == ["xray__ckpt__0", "xray__ckpt__1", "labs__age", "teacher__xray__big__0",
+                        "remainder__site"]
+    blocks = parse_feature_names(stripped)
+    assert [(b.modality, b.expert, b.teacher) for b in blocks] == [
+        ("xray", "ckpt", False), ("labs", "tabular", False), ("xray", "big", True),
+        ("remainder", "tabular", False)]
+    # Layout names without a prefix stay as they are.
+    plain = ["xray__ckpt__0", "xray__ckpt__1", "labs__age", "teacher__xray__big__0"]
+    assert strip_transformer_prefixes(plain) == plain
