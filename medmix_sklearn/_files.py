@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 
-# Read once, at import: reading the umask means setting it, which is not
-# thread-safe, so it is not done on every write.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask now (a program may change it after import).
+
+    Read from ``/proc/self/status`` where that exists, which changes nothing;
+    elsewhere it is set and restored under a lock (``os.umask`` is the only
+    portable way to read it).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write(path, write: Callable[[str], None], *, prefix: str, suffix: str) -> str:
@@ -27,7 +45,7 @@ def atomic_write(path, write: Callable[[str], None], *, prefix: str, suffix: str
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,8 +1,11 @@
 """Model files that say what made them: save_model, load_model, describe_model.
 
-A model file is a joblib file holding a dict with a format header, the fitted
-estimator, and its provenance: the library version, each expert with the
-fingerprint of its weights, the block layout and the training data's shape.
+A model file holds the fitted estimator in a format that loads without
+running code from the file (see :mod:`medmix_sklearn._modelfile`: JSON, numpy
+arrays, safetensors, and skops for scikit-learn transformers), and its
+provenance: the library version, each expert with the fingerprint of its
+weights, the block layout and the training data's shape. Model files of
+version 0.1 (joblib pickles) load only with ``trusted=True``.
 Loading re-computes every expert's fingerprint and warns with
 :class:`~medmix_sklearn.exceptions.ExpertFingerprintWarning` when the weights
 on this machine differ from those the model was trained with (a changed
@@ -24,14 +27,14 @@ import joblib
 
 from ._files import atomic_write
 from ._layout import parse_feature_names
-from .exceptions import ExpertFingerprintWarning
+from .exceptions import ExpertFingerprintWarning, UnsafeModelFileWarning
 
 __all__ = ["describe_model", "load_model", "save_model"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "medmix_sklearn.model"
-FORMAT_VERSION = 1
+_PICKLE_FORMAT_VERSION = 1  # medmix_sklearn 0.1: a joblib pickle
 
 
 def _library_version() -> str:
@@ -204,20 +207,31 @@ def describe_model(estimator, X=None) -> dict:
 
 
 def save_model(estimator, path, *, X=None, metadata=None, compress=3):
-    """Save a fitted estimator with its provenance to a joblib file.
+    """Save a fitted estimator with its provenance to a model file.
+
+    The file is a zip archive that :func:`load_model` reads without running
+    code from it: the estimators as JSON, numeric arrays as ``.npy``, the
+    fusion network's tensors as safetensors, fitted scikit-learn transformers
+    in skops's format. It holds no training rows (a ``SearchPipeline``
+    trained with ``partial_fit`` drops its embedded rows). It holds this
+    library's estimators and experts and scikit-learn Pipelines as they are;
+    any other object goes through skops, and loads only when skops trusts its
+    types (save a search's ``best_estimator_``, not the search). An object
+    neither can write fails with a ``ValueError`` that names it.
 
     Parameters
     ----------
     estimator : estimator
         A fitted estimator (see :func:`describe_model`).
     path : str or path-like
-        Output file (conventionally ``*.joblib``); written atomically.
+        Output file (conventionally ``*.medmix``); written atomically, with
+        the mode a new file gets under the umask in force now.
     X : DataFrame or array-like, default=None
         The training data, whose shape and missing rates are recorded.
     metadata : dict, default=None
         Anything else to record (the command line, the data source...).
     compress : int, default=3
-        joblib compression level.
+        zip (deflate) compression level, 0 to 9; 0 stores uncompressed.
 
     Returns
     -------
@@ -235,21 +249,22 @@ def save_model(estimator, path, *, X=None, metadata=None, compress=3):
     provenance = describe_model(estimator, X)
     if metadata is not None:
         provenance["metadata"] = dict(metadata)
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "provenance": provenance,
-        "estimator": estimator,
-    }
+    from ._modelfile import write_model_file
+
     return atomic_write(
-        path, lambda tmp: joblib.dump(payload, tmp, compress=compress),
-        prefix=".model-", suffix=".joblib",
+        path, lambda tmp: write_model_file(tmp, estimator, provenance, compress=compress),
+        prefix=".model-", suffix=".medmix",
     )
 
 
-def _read(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model file at {path!r}.")
+def _read_pickle(path: str) -> dict:
+    warnings.warn(
+        f"Loading {path!r} as a pickle (a medmix_sklearn 0.1 joblib model file) runs code "
+        "from the file: do this only for files you trust. Save it again with save_model "
+        "to get a file that loads without running code.",
+        UnsafeModelFileWarning,
+        stacklevel=3,
+    )
     try:
         payload = joblib.load(path)
     except Exception as exc:
@@ -267,12 +282,24 @@ def _read(path: str) -> dict:
             "joblib.load."
         )
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if version != _PICKLE_FORMAT_VERSION:
         raise ValueError(
-            f"{path!r} is a medmix model file of format version {version!r}, newer than "
-            f"this library reads ({FORMAT_VERSION}). Upgrade medmix_sklearn."
+            f"{path!r} is a pickled medmix model file of format version {version!r}; "
+            f"pickled model files have version {_PICKLE_FORMAT_VERSION}."
         )
     return payload
+
+
+def _refuse(path: str) -> ValueError:
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+    return ValueError(
+        f"{path!r} is not a medmix model file in the safe format (a zip archive with "
+        f"medmix.json; this file starts with {start!r}), so it was not loaded: reading "
+        "any other format could run code from the file. If it is a model file written by "
+        "medmix_sklearn 0.1 (a joblib pickle) and you trust its source, load it with "
+        "load_model(path, trusted=True), then save it again with save_model."
+    )
 
 
 def _check_fingerprints(estimator, recorded: list[dict], path: str) -> None:
@@ -313,11 +340,16 @@ def _check_fingerprints(estimator, recorded: list[dict], path: str) -> None:
             )
 
 
-def load_model(path, *, check_fingerprints=True, return_provenance=False):
+def load_model(path, *, check_fingerprints=True, return_provenance=False, trusted=False,
+               trusted_types=None):
     """Load a model saved by :func:`save_model`, checking its experts.
 
-    Only load files you trust: like any pickle, a model file can run code
-    when loaded.
+    Loading runs no code from the file: only this library's estimators and
+    experts and scikit-learn Pipelines are built from it, from JSON values,
+    arrays and tensors; other scikit-learn objects are read by skops, with
+    its default trusted types plus ``trusted_types``. A file in any other
+    format is refused before anything in it is read as code, unless
+    ``trusted=True``.
 
     Parameters
     ----------
@@ -328,6 +360,15 @@ def load_model(path, *, check_fingerprints=True, return_provenance=False):
         model is loaded) and warn when it differs from the recorded one.
     return_provenance : bool, default=False
         Also return the recorded provenance dict (see :func:`describe_model`).
+    trusted : bool, default=False
+        Also read model files of medmix_sklearn 0.1 (joblib pickles), with an
+        :class:`~medmix_sklearn.exceptions.UnsafeModelFileWarning`: loading a
+        pickle runs code from the file, so pass True only for files you trust.
+    trusted_types : list of str, default=None
+        Types skops may build beyond its defaults (for instance a fitted
+        ``HistGradientBoostingClassifier``'s
+        ``"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"``),
+        for files you trust; the error for an untrusted type names it.
 
     Returns
     -------
@@ -341,7 +382,8 @@ def load_model(path, *, check_fingerprints=True, return_provenance=False):
     FileNotFoundError
         No file at ``path``.
     ValueError
-        The file is not a medmix model file.
+        The file is not a medmix model file in the safe format (and
+        ``trusted`` is False), or holds types skops does not trust.
 
     Warns
     -----
@@ -349,9 +391,18 @@ def load_model(path, *, check_fingerprints=True, return_provenance=False):
         An expert's weights differ from those the model was trained with (the
         message names the expert and both fingerprints), or cannot be checked.
     """
+    from ._modelfile import is_model_file, read_model_file
+
     path = os.fspath(path)
-    payload = _read(path)
-    estimator = payload["estimator"]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    if is_model_file(path):
+        estimator, payload = read_model_file(path, trusted_types=trusted_types)
+    elif trusted:
+        payload = _read_pickle(path)
+        estimator = payload["estimator"]
+    else:
+        raise _refuse(path)
     provenance = payload.get("provenance") or {}
     saved_version = provenance.get("version")
     if saved_version is not None and saved_version != _library_version():

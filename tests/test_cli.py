@@ -47,7 +47,7 @@ def _modality_args(tiny_text_model_dir, cache):
 @pytest.fixture(scope="module")
 def model_file(table, cache, tiny_text_model_dir):
     path, folder = table
-    out = folder / "model.joblib"
+    out = folder / "model.medmix"
     code = main(["fit", "--data", str(path), "--target", "label", "--max-epochs", "2",
                  *_modality_args(tiny_text_model_dir, cache), "--out", str(out)])
     assert code == 0
@@ -132,7 +132,7 @@ def test_config_file(table, cache, tmp_path):
         "[classifier]\nmax_epochs = 1\nhidden_dim = 16\n"
         f"[embedder]\ncache_dir = \"{cache}\"\n"
     )
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.medmix"
     assert main(["fit", "--data", str(path), "--config", str(config), "-q",
                  "--out", str(out)]) == 0
     model, provenance = load_model(out, return_provenance=True)
@@ -176,11 +176,11 @@ def test_demo_tiny(tmp_path, tiny_text_model_dir, capsys):
     assert main(["demo", "--tiny", "--text-expert", tiny_text_model_dir, "--n-samples", "40",
                  "--out", str(out), "--cache-dir", "none", "-q"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "demo_images", "medmix_demo_model.joblib", "medmix_report.html"
+        "demo_images", "medmix_demo_model.medmix", "medmix_report.html"
     ]
     text = (out / "medmix_report.html").read_text()
     assert "Optuna trials" in text and "HistGradientBoosting (NaN blocks)" in text
-    model = load_model(out / "medmix_demo_model.joblib")
+    model = load_model(out / "medmix_demo_model.medmix")
     assert list(model.classes_) == [0, 1]
     assert "report:" in capsys.readouterr().out
 

@@ -1,6 +1,8 @@
 """Model files: provenance recorded on save, expert fingerprints checked on load."""
 
+import json
 import warnings
+import zipfile
 
 import joblib
 import numpy as np
@@ -13,7 +15,7 @@ from medmix_sklearn import __version__
 from medmix_sklearn._provenance import describe_model, load_model, save_model
 from medmix_sklearn.datasets import make_multimodal_classification
 from medmix_sklearn.embedding import MultimodalExpertEmbedder
-from medmix_sklearn.exceptions import ExpertFingerprintWarning
+from medmix_sklearn.exceptions import ExpertFingerprintWarning, UnsafeModelFileWarning
 from medmix_sklearn.experts import ImageExpert
 from medmix_sklearn.fusion import MedMIXClassifier
 
@@ -84,7 +86,7 @@ def test_describe_model_records_experts_layout_and_data(fitted):
 
 def test_round_trip_predicts_the_same_without_warning(fitted, tmp_path):
     pipe, X, y, _, _ = fitted
-    path = save_model(pipe, tmp_path / "model.joblib", X=X, metadata={"note": "test"})
+    path = save_model(pipe, tmp_path / "model.medmix", X=X, metadata={"note": "test"})
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExpertFingerprintWarning)
         loaded, provenance = load_model(path, return_provenance=True)
@@ -97,7 +99,7 @@ def test_round_trip_predicts_the_same_without_warning(fitted, tmp_path):
 
 def test_changed_weights_warn_with_both_fingerprints(fitted, tmp_path):
     pipe, X, _, checkpoint, folder = fitted
-    path = save_model(pipe, tmp_path / "model.joblib")
+    path = save_model(pipe, tmp_path / "model.medmix")
     before = pipe.named_steps["embed"].modalities_[0][1][0].fingerprint()
     original = checkpoint.read_bytes()
     try:
@@ -116,7 +118,7 @@ def test_changed_weights_warn_with_both_fingerprints(fitted, tmp_path):
 
 def test_unverifiable_expert_warns(fitted, tmp_path):
     pipe, _, _, checkpoint, _ = fitted
-    path = save_model(pipe, tmp_path / "model.joblib")
+    path = save_model(pipe, tmp_path / "model.medmix")
     original = checkpoint.read_bytes()
     checkpoint.unlink()
     try:
@@ -128,25 +130,32 @@ def test_unverifiable_expert_warns(fitted, tmp_path):
 
 def test_load_rejects_files_that_are_not_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model file"):
-        load_model(tmp_path / "absent.joblib")
-    garbage = tmp_path / "garbage.joblib"
-    garbage.write_bytes(b"this is not a joblib file")
-    with pytest.raises(ValueError, match="is not a medmix model file: it cannot be read"):
+        load_model(tmp_path / "absent.medmix")
+    garbage = tmp_path / "garbage.medmix"
+    garbage.write_bytes(b"this is not a model file")
+    with pytest.raises(ValueError, match="is not a medmix model file in the safe format"):
         load_model(garbage)
+    # Pickles are read only with trusted=True; then their header is checked.
     plain = tmp_path / "plain.joblib"
     joblib.dump({"estimator": MedMIXClassifier()}, plain)
-    with pytest.raises(ValueError, match="holding a dict without the 'medmix_sklearn.model' header"):
+    with pytest.raises(ValueError, match="in the safe format"):
         load_model(plain)
-    future = tmp_path / "future.joblib"
-    joblib.dump({"format": "medmix_sklearn.model", "format_version": 99}, future)
+    with pytest.warns(UnsafeModelFileWarning), pytest.raises(
+        ValueError, match="holding a dict without the 'medmix_sklearn.model' header"
+    ):
+        load_model(plain, trusted=True)
+    future = tmp_path / "future.medmix"
+    with zipfile.ZipFile(future, "w") as archive:
+        archive.writestr("medmix.json", json.dumps({"format": "medmix_sklearn.model",
+                                                    "format_version": 99}))
     with pytest.raises(ValueError, match="format version 99"):
         load_model(future)
 
 
 def test_save_requires_a_fitted_estimator(tmp_path):
     with pytest.raises(NotFittedError):
-        save_model(MedMIXClassifier(), tmp_path / "m.joblib")
-    assert not (tmp_path / "m.joblib").exists()
+        save_model(MedMIXClassifier(), tmp_path / "m.medmix")
+    assert not (tmp_path / "m.medmix").exists()
 
 
 def test_bare_classifier_records_its_layout(tmp_path):
@@ -154,7 +163,7 @@ def test_bare_classifier_records_its_layout(tmp_path):
     X = rng.normal(size=(40, 3))
     y = (X[:, 0] > 0).astype(int)
     clf = MedMIXClassifier(max_epochs=2, early_stopping=False, random_state=0).fit(X, y)
-    path = save_model(clf, tmp_path / "m.joblib", X=X)
+    path = save_model(clf, tmp_path / "m.medmix", X=X)
     _, provenance = load_model(path, return_provenance=True)
     assert provenance["experts"] == []
     assert provenance["training_data"]["n_samples"] == 40

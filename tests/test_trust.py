@@ -263,3 +263,235 @@ def test_strip_transformer_prefixes_on_expert_names():
     # Layout names without a prefix stay as they are.
     plain = ["xray__ckpt__0", "xray__ckpt__1", "labs__age", "teacher__xray__big__0"]
     assert strip_transformer_prefixes(plain) == plain
+
+
+# -- model files ----------------------------------------------------------------------
+def test_model_file_round_trip_without_pickle(image_pipeline):
+    import zipfile
+
+    pipe, X, _, folder = image_pipeline
+    path = save_model(pipe, folder / "model.medmix", X=X)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert "medmix.json" in names and "tensors.safetensors" in names
+        assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in names)
+    loaded, provenance = load_model(path, return_provenance=True)
+    assert provenance["estimator"] == "Pipeline"
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipe.predict_proba(X))
+    # Training can continue, as on the live model.
+    clf, live = loaded.named_steps["clf"], pipe.named_steps["clf"]
+    Z = pipe.named_steps["embed"].transform(X)
+    for model in (clf, live):
+        model.partial_fit(Z, np.asarray(pipe.classes_)[np.arange(len(Z)) % 2])
+    np.testing.assert_array_equal(clf.predict_proba(Z), live.predict_proba(Z))
+
+
+def test_model_file_with_a_fitted_tabular_transformer_and_string_labels(tmp_path):
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, embedder = _tabular_embedder()
+    embedder.modalities[2] = ("labs", StandardScaler(), ["age", "wbc", "crp"])
+    labels = np.array(["neg", "pos"])[y]
+    pipe = Pipeline([("embed", embedder), ("clf", MedMIXClassifier(**FAST))]).fit(X, labels)
+    loaded = load_model(save_model(pipe, tmp_path / "m.medmix"))
+    assert loaded.predict(X).tolist() == pipe.predict(X).tolist()
+    scaler = loaded.named_steps["embed"].modalities_[2][1]
+    np.testing.assert_array_equal(scaler.mean_, embedder.modalities_[2][1].mean_)
+
+
+class _Hostile:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_hostile_pickle_is_refused_without_running_it(tmp_path):
+    import joblib
+
+    target = tmp_path / "created-by-the-file"
+    path = tmp_path / "model.joblib"
+    joblib.dump({"format": "medmix_sklearn.model", "estimator": _Hostile(str(target))}, path)
+    with pytest.raises(ValueError, match="not a medmix model file in the safe format.*trusted=True"):
+        load_model(path)
+    assert not target.exists()
+
+
+def test_model_file_naming_a_foreign_class_is_refused(image_pipeline, tmp_path):
+    import json
+    import zipfile
+
+    pipe, _, _, folder = image_pipeline
+    good = save_model(pipe, folder / "good.medmix")
+    bad = tmp_path / "bad.medmix"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "medmix.json":
+                header = json.loads(data)
+                header["estimator"]["class"] = "os.system"
+                data = json.dumps(header).encode()
+            dst.writestr(name, data)
+    with pytest.raises(ValueError, match="'os.system', which is not one this library builds"):
+        load_model(bad)
+
+
+def test_old_joblib_model_files_load_only_when_trusted(tmp_path):
+    import joblib
+
+    from medmix_sklearn.exceptions import UnsafeModelFileWarning
+
+    X, y = _blocks()
+    clf = MedMIXClassifier(**FAST).fit(X, y)
+    path = tmp_path / "old.joblib"
+    joblib.dump({"format": "medmix_sklearn.model", "format_version": 1,
+                 "provenance": {}, "estimator": clf}, path)
+    with pytest.raises(ValueError, match="trusted=True"):
+        load_model(path)
+    with pytest.warns(UnsafeModelFileWarning, match="runs code"):
+        loaded = load_model(path, trusted=True)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_files_get_the_umask_in_force_at_write_time(tmp_path):
+    import os
+
+    from medmix_sklearn import write_report
+
+    X, y = _blocks()
+    clf = MedMIXClassifier(**FAST).fit(X, y)
+    old = os.umask(0o077)
+    try:
+        model = save_model(clf, tmp_path / "m.medmix")
+        report = write_report(tmp_path / "r.html", y_true=y, proba=clf.predict_proba(X)[:, 1])
+    finally:
+        os.umask(old)
+    assert os.stat(model).st_mode & 0o777 == 0o600
+    assert os.stat(report).st_mode & 0o777 == 0o600
+
+
+def test_search_pipeline_after_partial_fit_saves_no_training_rows(tmp_path):
+    import pickle
+
+    from medmix_sklearn.model_selection import SearchPipeline
+
+    X, y, embedder = _tabular_embedder()
+    pipe = SearchPipeline([("embed", embedder), ("clf", MedMIXClassifier(**FAST))])
+    pipe.partial_fit(X, y, classes=[0, 1])
+    pipe.partial_fit(X, y)
+    marker = np.ascontiguousarray(pipe._partial_state["Xt"].to_numpy(dtype=np.float32)[:3]).tobytes()
+    assert marker not in pickle.dumps(pipe)
+    path = save_model(pipe, tmp_path / "search.medmix")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    import zipfile
+    with zipfile.ZipFile(path) as archive:
+        raw += b"".join(archive.read(name) for name in archive.namelist())
+    assert marker not in raw
+    loaded = load_model(path)
+    loaded.partial_fit(X, y)  # re-transforms with the fitted steps
+    assert loaded.named_steps["clf"].n_iter_ == 3
+
+
+def test_report_draws_labels_as_written_not_as_mathtext(tmp_path):
+    from medmix_sklearn import write_report
+
+    X, y = _blocks()
+    labels = np.array(["cost $\\x$", "b$"])[y]
+    clf = MedMIXClassifier(**FAST).fit(X, labels)
+    path = write_report(tmp_path / "r.html", y_true=labels,
+                        proba={"cost $\\x$ model": clf.predict_proba(X)}, classes=clf.classes_)
+    assert "cost $\\x$" in open(path, encoding="utf-8").read()
+
+
+# -- numbers are what the user named ------------------------------------------------------
+def _labs_frame():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"wbc": rng.normal(8, 2, 40).round(1), "crp": rng.normal(5, 1, 40).round(1)})
+    y = (X["wbc"] > 8).astype(int).to_numpy()
+    return X, y
+
+
+def test_passthrough_error_names_column_rows_and_values():
+    X, y = _labs_frame()
+    X["crp"] = X["crp"].astype(object)
+    X.loc[3, "crp"], X.loc[7, "crp"] = "12,5", ">100"
+    embedder = MultimodalExpertEmbedder([("labs", "passthrough", ["wbc", "crp"])], cache_dir=None)
+    with pytest.raises(ValueError, match=r"column 'crp'.*row 3: '12,5', row 7: '>100'"):
+        embedder.fit(X)
+
+
+@pytest.mark.parametrize("value", [5e38, 1e300, -1e300])
+def test_values_beyond_float32_are_named_at_the_embedder(value):
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _labs_frame()
+    X.loc[5, "wbc"] = value
+    embedder = MultimodalExpertEmbedder([("labs", "passthrough", ["wbc", "crp"])], cache_dir=None)
+    with pytest.raises(ValueError, match=r"float32's range.*row 5, column 'wbc'"):
+        embedder.fit_transform(X)
+    X.loc[5, "wbc"] = 8.0
+    scaled = MultimodalExpertEmbedder([("labs", StandardScaler(), ["wbc", "crp"])], cache_dir=None)
+    scaled.fit(X)
+    X.loc[9, "crp"] = value * 1e10 if abs(value) < 1e300 else value
+    with pytest.raises(ValueError, match=r"float32's range.*row 9"):
+        scaled.transform(X)
+
+
+def test_polars_dataframe_is_accepted():
+    pl = pytest.importorskip("polars")
+    X, y, embedder = _tabular_embedder()
+    pipe = Pipeline([("embed", embedder), ("clf", MedMIXClassifier(**FAST))]).fit(X, y)
+    frame = pl.from_pandas(X)
+    out = embedder.transform(frame)
+    assert isinstance(out, pd.DataFrame)
+    np.testing.assert_array_equal(out.to_numpy(), embedder.transform(X).to_numpy())
+    np.testing.assert_array_equal(pipe.predict_proba(frame), pipe.predict_proba(X))
+    refit = Pipeline([("embed", clone_embedder(embedder)), ("clf", MedMIXClassifier(**FAST))])
+    np.testing.assert_array_equal(refit.fit(frame, y).predict_proba(X), pipe.predict_proba(X))
+
+
+def clone_embedder(embedder):
+    from sklearn.base import clone
+
+    return clone(embedder)
+
+
+def test_teacher_gets_sample_weight_through_metadata_routing():
+    import sklearn
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Recorder(ClassifierMixin, BaseEstimator):
+        seen: list = []
+
+        def fit(self, X, y, sample_weight=None):
+            Recorder.seen.append(None if sample_weight is None else np.asarray(sample_weight).copy())
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict_proba(self, X):
+            return np.full((len(X), len(self.classes_)), 1.0 / len(self.classes_))
+
+        def predict(self, X):
+            return self.classes_[np.zeros(len(X), dtype=int)]
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    X = np.hstack([X, X[:, :2]])
+    layout = {"a": [0, 1, 2, 3], "teacher__t": [4, 5]}
+    weights = rng.random(60) + 0.5
+    with sklearn.config_context(enable_metadata_routing=True):
+        for request in (True, False):
+            Recorder.seen = []
+            teacher = Recorder().set_fit_request(sample_weight=request)
+            clf = MedMIXClassifier(blocks=layout, teacher=teacher, teacher_cv=2, **FAST)
+            assert "teacher" in str(clf.get_metadata_routing())
+            clf.fit(X, y, sample_weight=weights)
+            assert len(Recorder.seen) == 2
+            if request:
+                assert all(w is not None and len(w) == 30 for w in Recorder.seen)
+                assert np.isin(np.concatenate(Recorder.seen), weights).all()
+            else:
+                assert all(w is None for w in Recorder.seen)

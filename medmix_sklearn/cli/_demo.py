@@ -97,7 +97,7 @@ def cmd_demo(args) -> int:
 
     stages.set_postfix_str("saving the model")
     model = Pipeline([("embed", embedder), ("clf", search.best_estimator_)])
-    model_path = os.path.join(out, "medmix_demo_model.joblib")
+    model_path = os.path.join(out, "medmix_demo_model.medmix")
     save_model(model, model_path, X=X_raw, metadata={"command": "medmix demo"})
     stages.update(1)
 

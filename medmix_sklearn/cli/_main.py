@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "reports, labs; 30% of each modality missing), embed it with the "
                     "offline pretrained experts (EfficientNet-Lite, MiniLM), cross-validate "
                     "MedMIXClassifier against two baselines, run a short Optuna search, and "
-                    "write medmix_report.html and medmix_demo_model.joblib into --out.",
+                    "write medmix_report.html and medmix_demo_model.medmix into --out.",
     )
     p.add_argument("--out", default=".", metavar="DIR", help="output folder")
     p.add_argument("--quick", action="store_true",
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data(p, target=True)
     _add_classifier(p)
-    p.add_argument("--out", default="medmix_model.joblib", metavar="FILE",
+    p.add_argument("--out", default="medmix_model.medmix", metavar="FILE",
                    help="model file to write")
     _add_common(p)
     p.set_defaults(func="fit")

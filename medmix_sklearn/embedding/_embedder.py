@@ -258,7 +258,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : pandas DataFrame of shape (n_samples, n_features)
+        X : pandas or polars DataFrame of shape (n_samples, n_features)
             One row per patient or study. A numpy array is accepted when every
             entry is tabular (columns are then positions).
         y : None
@@ -278,7 +278,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : pandas DataFrame of shape (n_samples, n_features)
+        X : pandas or polars DataFrame of shape (n_samples, n_features)
             The training table, with the teacher columns.
         y : None
             Ignored.
@@ -291,6 +291,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             A DataFrame with the block-layout column names when X is a
             DataFrame (see :meth:`transform`), else an ndarray.
         """
+        X = _as_pandas(X)
         frame = self._fit(X)
         return self._as_output(self._transform(frame, with_teachers=True), X)
 
@@ -299,7 +300,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : pandas DataFrame of shape (n_samples, n_features)
+        X : pandas or polars DataFrame of shape (n_samples, n_features)
             Needs the columns of the (non-teacher) modalities; extra columns
             are ignored and the order does not matter.
 
@@ -313,6 +314,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             gives an ndarray; ``set_output(transform="pandas")`` a DataFrame.
         """
         check_is_fitted(self)
+        X = _as_pandas(X)
         frame = self._check_transform_input(X)
         return self._as_output(self._transform(frame, with_teachers=False), X)
 
@@ -444,6 +446,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         return out
 
     def _check_fit_input(self, X, entries: list[_Entry]) -> pd.DataFrame:
+        X = _as_pandas(X)
         if isinstance(X, pd.DataFrame):
             validate_data(self, X, skip_check_array=True)
             if X.shape[0] == 0:
@@ -551,6 +554,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
 
     # -- transform internals ------------------------------------------------
     def _check_transform_input(self, X) -> pd.DataFrame:
+        X = _as_pandas(X)
         if isinstance(X, pd.DataFrame) and self._fitted_on_frame:
             needed = [label for _, _, labels in self.modalities_ for label in labels]
             missing = [label for label in dict.fromkeys(needed) if label not in X.columns]
@@ -624,7 +628,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     f"The transformer of modality {name!r} returned {values.shape[1]} "
                     f"columns, but {width} at fit time."
                 )
-            block[present] = values
+            outputs = [f"output {k}" for k in range(width)]
+            block[present] = check_float32_range(
+                np.asarray(values, dtype=np.float64), outputs, sub.index[present], name
+            )
         return block
 
     def _embed_entry(
@@ -918,15 +925,72 @@ def _position(value, columns: pd.Index, entry: _Entry) -> int:
 def _to_float(sub: pd.DataFrame, entry) -> np.ndarray:
     name = entry.name if isinstance(entry, _Entry) else entry
     try:
-        return check_array(
+        values = check_array(
             sub, dtype=np.float64, ensure_all_finite="allow-nan", ensure_min_samples=0
-        ).astype(np.float32)
+        )
     except (ValueError, TypeError) as exc:
+        for column in sub.columns:
+            bad = non_numeric_cells(sub[column])
+            if bad:
+                raise ValueError(
+                    f"Modality {name!r} passes column {column!r} through, but it holds "
+                    f"values that are not numbers: {_cells_text(bad)}. Fix those cells "
+                    "(a decimal point, no signs such as '>'), turn them into NaN (for "
+                    "instance pd.to_numeric(X[column], errors='coerce')), or, for a "
+                    "categorical column, give the modality a OneHotEncoder."
+                ) from exc
         raise ValueError(
             f"Modality {name!r} passes columns {list(sub.columns)} through, but they are "
             f"not all numeric ({exc}). Encode them first, e.g. with OneHotEncoder as the "
             "modality's transformer."
         ) from exc
+    return check_float32_range(values, list(sub.columns), sub.index, name)
+
+
+def _as_pandas(X):
+    """A polars DataFrame as a pandas one (through its ``to_pandas``); anything else as is."""
+    if type(X).__module__.split(".")[0] == "polars" and hasattr(X, "to_pandas"):
+        return X.to_pandas()
+    return X
+
+
+def non_numeric_cells(column: pd.Series) -> list[tuple[Any, Any]]:
+    """``(row label, value)`` of the cells of ``column`` that are present but not numbers."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return []
+    present = ~column.map(is_missing).to_numpy(dtype=bool)
+    parsed = pd.to_numeric(column.where(present), errors="coerce").to_numpy()
+    bad = present & np.isnan(parsed.astype(np.float64))
+    return list(zip(column.index[bad].tolist(), column[bad].tolist()))
+
+
+def _cells_text(cells: list, limit: int = 5) -> str:
+    text = ", ".join(f"row {label!r}: {value!r}" for label, value in cells[:limit])
+    if len(cells) > limit:
+        text += f" (and {len(cells) - limit} more)"
+    return text
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(values: np.ndarray, columns: list, rows, name) -> np.ndarray:
+    """``values`` as float32; a ValueError names the column and row of a value beyond its range."""
+    with np.errstate(invalid="ignore"):
+        too_big = np.abs(values) > _FLOAT32_MAX
+    if too_big.any():
+        rows = list(rows)
+        cells = [
+            f"row {rows[i]!r}, column {columns[j]!r}: {values[i, j]!r}"
+            for i, j in zip(*np.nonzero(too_big))
+        ]
+        more = f" (and {len(cells) - 5} more)" if len(cells) > 5 else ""
+        raise ValueError(
+            f"Modality {name!r} has values beyond float32's range (+-{_FLOAT32_MAX:.4g}), "
+            f"which the embedding matrix holds: {'; '.join(cells[:5])}{more}. Rescale the "
+            "column (for instance to other units or a logarithm), or fix the cells."
+        )
+    return values.astype(np.float32)
 
 
 def _dense(values) -> np.ndarray:

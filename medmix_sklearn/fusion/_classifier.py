@@ -34,12 +34,14 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 import torch
+from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone, is_classifier
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping, process_routing
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_feature_names,
@@ -63,7 +65,7 @@ from .._layout import (
     strip_transformer_prefixes,
 )
 from .._missing import block_presence
-from ..exceptions import LayoutWarning, MissingModalityWarning
+from ..exceptions import DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
 from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionOutput, MedMIXNetwork
@@ -326,6 +328,29 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         return tags
 
+    def get_metadata_routing(self):
+        """How ``fit``'s metadata reach this classifier and its teacher estimator.
+
+        With ``sklearn.set_config(enable_metadata_routing=True)``, the
+        classifier uses ``sample_weight`` itself and routes it to the
+        teacher estimator's ``fit`` as that estimator requests
+        (``teacher.set_fit_request(sample_weight=True)``), as scikit-learn's
+        meta-estimators do. Without routing, the teacher gets the weights
+        when its ``fit`` takes ``sample_weight``.
+
+        Returns
+        -------
+        routing : sklearn.utils.metadata_routing.MetadataRouter
+        """
+        router = MetadataRouter(owner=self.__class__.__name__).add_self_request(self)
+        try:
+            _, estimator = self._teacher_modes()
+        except ValueError:  # a malformed teacher is reported by fit
+            estimator = None
+        if estimator is not None:
+            router.add(teacher=estimator, method_mapping=MethodMapping().add(caller="fit", callee="fit"))
+        return router
+
     # -- public API --------------------------------------------------------
     # Not skipping nested validation: the teacher estimator is fitted inside.
     @_fit_context(prefer_skip_nested_validation=False)
@@ -346,6 +371,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self : MedMIXClassifier
         """
         align, teacher_estimator = self._teacher_modes()
+        teacher_params = None
+        if teacher_estimator is not None and get_config().get("enable_metadata_routing"):
+            # As scikit-learn's meta-estimators do: the teacher gets what it requested.
+            metadata = {} if sample_weight is None else {"sample_weight": sample_weight}
+            teacher_params = dict(process_routing(self, "fit", **metadata).teacher.fit)
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=[np.float64, np.float32])
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         check_classification_targets(y)
@@ -363,7 +393,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         dataset = self._dataset(X, y_enc, sample_weight)
         aligner = None
         if align or teacher_estimator is not None:
-            aligner = self._attach_teacher(dataset, X, y_enc, sample_weight, align, teacher_estimator)
+            aligner = self._attach_teacher(
+                dataset, X, y_enc, sample_weight, align, teacher_estimator, teacher_params
+            )
 
         valid = None
         train_idx = np.arange(len(y_enc))
@@ -675,6 +707,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         sample_weight: np.ndarray,
         align: bool,
         estimator,
+        teacher_params: dict | None = None,
     ) -> dict | None:
         """Add the teacher tensors to ``dataset``; return the alignment heads' spec."""
         teachers = self.teacher_blocks_
@@ -719,12 +752,14 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 ],
             }
         if estimator is not None:
-            soft = self._cross_fit_teacher(estimator, X, y_enc, sample_weight)
+            soft = self._cross_fit_teacher(estimator, X, y_enc, sample_weight, teacher_params)
             dataset.teacher["soft_target"] = torch.as_tensor(soft, dtype=torch.float32)
             dataset.teacher["soft_mask"] = torch.as_tensor(present.any(axis=1))
         return aligner
 
-    def _cross_fit_teacher(self, estimator, X: np.ndarray, y_enc: np.ndarray, sample_weight) -> np.ndarray:
+    def _cross_fit_teacher(
+        self, estimator, X: np.ndarray, y_enc: np.ndarray, sample_weight, routed: dict | None = None
+    ) -> np.ndarray:
         """Out-of-fold class probabilities of the teacher on student + teacher columns."""
         columns = np.concatenate(
             [self._columns] + [np.asarray(b.columns, dtype=np.intp) for b in self.teacher_blocks_]
@@ -739,9 +774,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     f"smallest class has {smallest}. Use teacher='align' or more data."
                 )
             cv = StratifiedKFold(n_splits=min(int(cv), smallest), shuffle=True, random_state=self.seed_)
-        params = {}
-        if not np.all(sample_weight == 1.0) and has_fit_parameter(estimator, "sample_weight"):
-            params["sample_weight"] = sample_weight
+        if routed is not None:  # metadata routing is on: what the teacher requested
+            params = routed
+        else:
+            params = {}
+            if not np.all(sample_weight == 1.0) and has_fit_parameter(estimator, "sample_weight"):
+                params["sample_weight"] = sample_weight
         try:
             with warnings.catch_warnings():
                 # Folds without some class are fine: their columns come back as 0.
@@ -794,7 +832,27 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             return idx, None
         return np.sort(train_idx), np.sort(valid_idx)
 
-    def _build_net(self, valid: BlockDataset | None, aligner: dict | None = None) -> FusionNet:
+    def _restore_net(self) -> FusionNet:
+        """An initialised net for this fitted classifier, on a device that exists here.
+
+        Used to read model files (:func:`~medmix_sklearn.load_model`), which
+        then load the weights, optimizer state, history and generator state.
+        """
+        device = str(self.device_)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(
+                f"This MedMIXClassifier was trained on {device!r}, but CUDA is not available "
+                "here; it runs on the CPU instead.",
+                DeviceFallbackWarning,
+                stacklevel=2,
+            )
+            device = "cpu"
+        net = self._build_net(None, device=device)
+        return net.initialize()
+
+    def _build_net(
+        self, valid: BlockDataset | None, aligner: dict | None = None, device: str | None = None
+    ) -> FusionNet:
         callbacks = [("epoch_log", EpochLog(verbose=self.verbose, total=self.max_epochs))]
         if valid is not None:
             callbacks.append(
@@ -828,7 +886,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             iterator_train__shuffle=True,
             iterator_valid=BatchIterator,
             callbacks=callbacks,
-            device=self.device_,
+            device=self.device_ if device is None else device,
             random_state=self.seed_,
             verbose=0,
         )

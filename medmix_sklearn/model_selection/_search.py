@@ -218,6 +218,15 @@ class SearchPipeline(Pipeline):
             super().set_params(**self._expert_set_params(params["expert_set"]))
         return self
 
+    def __getstate__(self):
+        # The transformed training rows kept between partial_fit calls are a
+        # cache, never part of a pickle or model file: a copy re-transforms X
+        # with the fitted steps on its next partial_fit.
+        state = super().__getstate__()
+        if state.get("_partial_state") is not None:
+            state["_partial_state"] = {"key": None, "Xt": None}
+        return state
+
     def fit(self, X, y=None, **params):
         """Fit the pipeline (see :meth:`sklearn.pipeline.Pipeline.fit`); resets ``partial_fit``."""
         self._partial_state = None

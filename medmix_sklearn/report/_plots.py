@@ -22,8 +22,13 @@ def _figure(width: float = 6.0, height: float = 4.2, ncols: int = 1):
 
 def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
 
     FigureCanvasAgg(fig)
+    # Labels, titles and legends hold text from the data (class labels, method
+    # names): it is drawn as written, never parsed as mathtext ("cost $\\x$").
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
