@@ -105,9 +105,9 @@ class _Writer:
             return {"t": "generator", "key": self._tensor(value.get_state())}
         if isinstance(value, Block):
             return {"t": "block", "v": [value.modality, value.expert, list(value.columns), value.teacher]}
-        from .fusion._net import FusionNet
+        from skorch import NeuralNet
 
-        if isinstance(value, FusionNet):
+        if isinstance(value, NeuralNet):  # MedMIXClassifier.net_, rebuilt by the classifier
             return self._net(value, where)
         cls = self.allowed.get(type(value))
         if cls is not None:

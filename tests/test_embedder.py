@@ -593,7 +593,7 @@ def test_unpickled_embedder_gives_equal_output(frame):
         ),
         ([("x", "drop", ["age"])], ValueError, "the only string accepted is 'passthrough'"),
         ([("x", 42, ["age"])], ValueError, "expected an expert or a list of experts"),
-        ([("x", "passthrough", ["text"])], ValueError, r"not all numeric.*OneHotEncoder"),
+        ([("x", "passthrough", ["text"])], ValueError, r"column 'text'.*not numbers.*OneHotEncoder"),
     ],
 )
 def test_bad_modalities(frame, modalities, error, match):
