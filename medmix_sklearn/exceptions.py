@@ -15,6 +15,7 @@ __all__ = [
     "DeviceFallbackWarning",
     "LayoutWarning",
     "UnsafeModelFileWarning",
+    "NumericCoercionWarning",
 ]
 
 
@@ -52,3 +53,7 @@ class LayoutWarning(UserWarning):
 
 class UnsafeModelFileWarning(UserWarning):
     """A model file in a format that runs code when loaded (pickle) is being loaded."""
+
+
+class NumericCoercionWarning(UserWarning):
+    """Cells of a numeric column that are not numbers were turned into NaN (on request)."""

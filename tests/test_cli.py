@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -254,3 +255,47 @@ def test_config_expert_given_as_one_string_is_one_expert():
     ((name, experts, column),), images = _config_entries(config, "modalities", frame, False, set())
     assert [e.model for e in experts] == ["test_efficientnet"]
     assert (name, column, images) == ("image_path", "image_path", ["image_path"])
+
+
+def test_numeric_column_with_stray_text_is_refused_or_coerced(tmp_path, capsys):
+    import warnings
+
+    from medmix_sklearn.exceptions import NumericCoercionWarning
+
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame({
+        "wbc": rng.normal(8, 2, n).round(1).astype(str),
+        "sex": rng.choice(["f", "m"], n),
+        "label": rng.integers(0, 2, n),
+    })
+    frame.loc[4, "wbc"], frame.loc[9, "wbc"] = "12,5", ">100"
+    dirty = tmp_path / "dirty.csv"
+    frame.to_csv(dirty, index=False)
+    base = ["fit", "--data", str(dirty), "--target", "label", "--tabular", "labs=wbc,sex",
+            "--max-epochs", "2", "--cache-dir", "none", "-q"]
+    out = tmp_path / "m.medmix"
+    line = _fail(capsys, [*base, "--out", str(out)], 2)
+    assert "column 'wbc'" in line and "row 4: '12,5'" in line and "row 9: '>100'" in line
+    assert "--coerce-numeric" in line and not out.exists()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*base, "--coerce-numeric", "--out", str(out)]) == 0
+    coerced = [w for w in caught if issubclass(w.category, NumericCoercionWarning)]
+    assert len(coerced) == 1 and "2 cells" in str(coerced[0].message)
+    assert zipfile.is_zipfile(out)  # the safe model file format, not a pickle
+    model = load_model(out)
+    embedder = model.named_steps["embed"]
+    # wbc is one numeric column; only sex is one-hot encoded.
+    names = [n for n in embedder.get_feature_names_out() if n.startswith("labs__")]
+    assert sorted(names) == ["labs__sex_f", "labs__sex_m", "labs__wbc"]
+
+    clean = frame.copy()
+    clean.loc[[4, 9], "wbc"] = "9.0"
+    clean.drop(columns="label").to_csv(tmp_path / "clean.csv", index=False)
+    assert main(["predict", "--model", str(out), "--data", str(tmp_path / "clean.csv"),
+                 "--out", str(tmp_path / "p.csv"), "-q"]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == n
+    line = _fail(capsys, ["predict", "--model", str(out), "--data", str(dirty)], 2)
+    assert "column 'wbc'" in line and "row 4: '12,5'" in line

@@ -18,6 +18,7 @@ from ._entries import (
     _embedder,
     _prepare,
     _resolve_image_paths,
+    coerce_numeric,
     read_table,
     write_table,
 )
@@ -122,18 +123,21 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _input_columns(model) -> tuple[list[str], list[str]]:
-    """The table columns a fitted model reads, and those of them that hold image paths."""
+def _input_columns(model) -> tuple[list[str], list[str], list[str]]:
+    """The table columns a fitted model reads, those that hold image paths, and tabular ones."""
     from .._provenance import find_embedders
 
     needed: list[str] = []
     images: list[str] = []
+    tabular: list[str] = []
     for embedder in find_embedders(model):
         for _, spec, labels in getattr(embedder, "modalities_", ()):
             needed.extend(str(label) for label in labels)
             if isinstance(spec, list) and spec and spec[0].kind == "image":
                 images.extend(str(label) for label in labels)
-    return list(dict.fromkeys(needed)), images
+            elif not isinstance(spec, list):
+                tabular.extend(str(label) for label in labels)
+    return list(dict.fromkeys(needed)), images, list(dict.fromkeys(tabular))
 
 
 def cmd_predict(args) -> int:
@@ -141,7 +145,7 @@ def cmd_predict(args) -> int:
 
     model = load_model(args.model)
     frame = read_table(args.data)
-    needed, images = _input_columns(model)
+    needed, images, tabular = _input_columns(model)
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise CLIError(
@@ -149,6 +153,7 @@ def cmd_predict(args) -> int:
             f"{_columns_hint(frame)}"
         )
     frame = _resolve_image_paths(frame, images, args.data)
+    coerce_numeric(frame, tabular, coerce=args.coerce_numeric, where="--data")
     proba = model.predict_proba(frame)
     classes = model.classes_
     out = pd.DataFrame({"row": frame.index})

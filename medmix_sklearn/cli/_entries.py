@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,8 +153,64 @@ def _make_expert(kind: str, spec: Any, *, pretrained: bool, where: str):
     raise CLIError(f"{where}: an expert is a name or a table with `model`. Got {spec!r}.")
 
 
-def _tabular_transformer(frame: pd.DataFrame, columns: list[str]):
-    """Numeric columns pass through; text or categorical columns are one-hot encoded."""
+def numeric_cells(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The column parsed as numbers, and where a present cell is not a number."""
+    text = column.astype("string").str.strip()
+    present = (column.notna() & (text != "")).fillna(False).astype(bool)
+    parsed = pd.to_numeric(column.where(present), errors="coerce")
+    return parsed, present & parsed.isna()
+
+
+def coerce_numeric(frame: pd.DataFrame, columns, *, coerce: bool, where: str) -> list[str]:
+    """Make the mostly-numeric text columns of ``frame`` numeric; return them.
+
+    A column the user named as tabular whose present cells are mostly (at
+    least half) numbers is numeric. Its other cells (``12,5``, ``>100``) are
+    refused with a CLIError that names the column, the first rows and their
+    values; with ``coerce`` they become NaN (missing) instead, counted in a
+    :class:`~medmix_sklearn.exceptions.NumericCoercionWarning`. Columns
+    that are mostly text stay categorical. ``frame`` is changed in place.
+    """
+    from ..exceptions import NumericCoercionWarning
+
+    numeric = []
+    for c in columns:
+        column = frame[c]
+        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            continue
+        parsed, bad = numeric_cells(column)
+        n_present = int((parsed.notna() | bad).sum())
+        if n_present == 0 or int(bad.sum()) * 2 > n_present:
+            continue  # categorical
+        if bad.any():
+            rows = list(frame.index[bad.to_numpy()])
+            cells = ", ".join(f"row {r!r}: {column[r]!r}" for r in rows[:5])
+            more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+            if not coerce:
+                raise CLIError(
+                    f"{where}: column {c!r} holds numbers in {n_present - len(rows)} of its "
+                    f"{n_present} filled cells, but not in {cells}{more} (rows counted from 0 "
+                    "below the header). Fix those cells (a decimal point, no signs such as "
+                    "'>'), or pass --coerce-numeric to read them as missing values."
+                )
+            warnings.warn(
+                f"{where}: column {c!r}: {len(rows)} cells that are not numbers were read as "
+                f"missing values (--coerce-numeric): {cells}{more}.",
+                NumericCoercionWarning,
+                stacklevel=2,
+            )
+        frame[c] = parsed.astype("float64")
+        numeric.append(c)
+    return numeric
+
+
+def _tabular_transformer(frame: pd.DataFrame, columns: list[str], *, coerce: bool = False,
+                         where: str = "--tabular"):
+    """Numeric columns pass through; text or categorical columns are one-hot encoded.
+
+    Mostly-numeric text columns are numeric (see :func:`coerce_numeric`).
+    """
+    coerce_numeric(frame, columns, coerce=coerce, where=where)
     categorical = [
         c for c in columns
         if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
@@ -202,7 +259,8 @@ def _load_config(path: str | None) -> dict:
     return config
 
 
-def _config_entries(config: dict, key: str, frame, pretrained: bool, used: set[str]):
+def _config_entries(config: dict, key: str, frame, pretrained: bool, used: set[str],
+                    coerce: bool = False):
     entries, image_columns = [], []
     for i, item in enumerate(config.get(key) or []):
         where = f"--config [[{key}]] #{i + 1}"
@@ -222,8 +280,10 @@ def _config_entries(config: dict, key: str, frame, pretrained: bool, used: set[s
             _check_columns(frame, columns, where)
             transformer = item.get("transformer", "auto")
             if transformer == "auto":
-                transformer = _tabular_transformer(frame, columns)
-            elif transformer != "passthrough":
+                transformer = _tabular_transformer(frame, columns, coerce=coerce, where=where)
+            elif transformer == "passthrough":
+                coerce_numeric(frame, columns, coerce=coerce, where=where)
+            else:
                 raise CLIError(f"{where}: transformer must be 'auto' or 'passthrough'.")
             entries.append((name, transformer, columns))
         else:
@@ -243,9 +303,12 @@ def _config_entries(config: dict, key: str, frame, pretrained: bool, used: set[s
 def build_entries(args, frame: pd.DataFrame, config: dict):
     """Modality and teacher entries from the options and the config file."""
     pretrained = not getattr(args, "no_pretrained", False)
+    coerce = bool(getattr(args, "coerce_numeric", False))
     used: set[str] = set()
-    modalities, image_columns = _config_entries(config, "modalities", frame, pretrained, used)
-    teachers, teacher_images = _config_entries(config, "teachers", frame, pretrained, set())
+    modalities, image_columns = _config_entries(
+        config, "modalities", frame, pretrained, used, coerce
+    )
+    teachers, teacher_images = _config_entries(config, "teachers", frame, pretrained, set(), coerce)
     image_columns += teacher_images
 
     def add(kind: str, specs, option: str, out: list, names: set[str] | None):
@@ -270,7 +333,8 @@ def build_entries(args, frame: pd.DataFrame, config: dict):
         name, columns = _parse_tabular_spec(text)
         _check_columns(frame, columns, "--tabular")
         name = _unique_name(_safe_name(name or "tabular"), used)
-        modalities.append((name, _tabular_transformer(frame, columns), columns))
+        transformer = _tabular_transformer(frame, columns, coerce=coerce, where="--tabular")
+        modalities.append((name, transformer, columns))
     add("image", getattr(args, "teacher_image", None), "--teacher-image", teachers, None)
     add("text", getattr(args, "teacher_text", None), "--teacher-text", teachers, None)
     if not modalities:

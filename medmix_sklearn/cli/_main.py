@@ -67,6 +67,10 @@ def _add_data(p: argparse.ArgumentParser, *, target: bool) -> None:
                         "an expert may be a model directory; repeatable")
     g.add_argument("--tabular", action="append", metavar="[NAME=]COL,COL,...",
                    help="tabular columns (categorical ones are one-hot encoded); repeatable")
+    g.add_argument("--coerce-numeric", action="store_true",
+                   help="read cells that are not numbers in a mostly numeric tabular column "
+                        "(such as '12,5' or '>100') as missing values, with a warning that "
+                        "counts them; without it they are an error")
     g.add_argument("--teacher-image", action="append", metavar="[NAME=]COL[:EXPERT,...]",
                    help="training-only image teacher; repeatable")
     g.add_argument("--teacher-text", action="append", metavar="[NAME=]COL[:EXPERT,...]",
@@ -152,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="FILE", help="model file")
     p.add_argument("--data", required=True, metavar="TABLE", help="input table (.csv/.parquet)")
     p.add_argument("--out", metavar="FILE", help="output .csv or .parquet (default: stdout)")
+    p.add_argument("--coerce-numeric", action="store_true",
+                   help="read cells that are not numbers in the model's numeric tabular "
+                        "columns as missing values, with a warning that counts them")
     _add_common(p)
     p.set_defaults(func="predict")
 
