@@ -26,7 +26,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from medmix_docs import write_api_page  # noqa: E402
+
 import medmix_sklearn  # noqa: E402
+
+# The API page lists the package's public names. It is written here, before Sphinx
+# looks for source files, so that a clean checkout builds it and its autosummary
+# stubs in one pass.
+write_api_page(HERE)
 
 project = "medmix_sklearn"
 author = "the medmix_sklearn developers"
@@ -106,7 +113,6 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "doc_module": ("medmix_sklearn",),
     "backreferences_dir": "generated/backreferences",
-    "reference_url": {"medmix_sklearn": None},
     "download_all_examples": False,
     "remove_config_comments": True,
     "matplotlib_animations": False,

@@ -1,6 +1,6 @@
 """Sphinx helpers for the medmix_sklearn documentation.
 
-- :func:`api_page` writes ``api.rst`` from the package's public names: every
+- :func:`api_page` gives ``api.rst`` (written by conf.py) from the package's public names: every
   public subpackage or module (no leading underscore) must define ``__all__``,
   and every name in it gets an autosummary entry, so a new public name appears
   in the reference without editing a page. ``tests/test_docs.py`` checks that
@@ -216,13 +216,11 @@ def _skip_member(app, what, name, obj, skip, options):
 
 
 def _on_builder_inited(app) -> None:
-    write_api_page(app.srcdir)
     app.env.medmix_aliases = _short_names()
 
 
 def setup(app):
-    # Before autosummary (priority 500) reads the sources to generate its stubs.
-    app.connect("builder-inited", _on_builder_inited, priority=100)
+    app.connect("builder-inited", _on_builder_inited)
     app.connect("missing-reference", _resolve_alias)
     app.connect("autodoc-skip-member", _skip_member)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
