@@ -52,7 +52,7 @@ MIN_VENV := .venv-min
 test-min:
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV) || python3 -m venv $(MIN_VENV)
-	$(MIN_VENV)/bin/python .ci/min_constraints.py --skip torch > $(MIN_VENV)/constraints-min.txt
+	$(MIN_VENV)/bin/python .ci/min_constraints.py --skip torch --extra parquet --extra dicom > $(MIN_VENV)/constraints-min.txt
 	$(MIN_VENV)/bin/python -m pip install --quiet -c $(MIN_VENV)/constraints-min.txt -e ".[test]"
 	$(MIN_VENV)/bin/python -m pip freeze > $(MIN_VENV)/installed.txt
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -4,12 +4,13 @@ pip has no "lowest versions" resolution, so ``make test-min`` turns every lower
 bound of ``[project] dependencies`` in pyproject.toml into a pin: ``pkg>=1.6``
 becomes ``pkg==1.6.*`` (the oldest minor release, with its bug fixes) and
 ``pkg>=0.4.1`` becomes ``pkg==0.4.1``. Packages named with ``--skip`` keep what
-the resolver picks (torch: the wheel on the local disk). Test tools are not
-pinned: only what the library itself needs.
+the resolver picks (torch: the wheel on the local disk). Optional extras named
+with ``--extra`` are pinned too (pyarrow must match the pinned numpy); test tools
+are not pinned.
 
 Usage::
 
-    python .ci/min_constraints.py [--skip torch] > constraints-min.txt
+    python .ci/min_constraints.py [--skip torch] [--extra parquet] > constraints-min.txt
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def lowest_pins(dependencies: list[str], skip: set[str]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", action="append", default=[], help="a package to leave unpinned")
+    parser.add_argument(
+        "--extra", action="append", default=[], help="also pin the lower bounds of this optional extra"
+    )
     args = parser.parse_args(argv)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     skip = {name.lower().replace("_", "-") for name in args.skip}
-    sys.stdout.write("".join(pin + "\n" for pin in lowest_pins(project["dependencies"], skip)))
+    requirements = list(project["dependencies"])
+    for extra in args.extra:
+        requirements += project["optional-dependencies"][extra]
+    sys.stdout.write("".join(pin + "\n" for pin in lowest_pins(requirements, skip)))
     return 0
 
 
