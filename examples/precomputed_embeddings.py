@@ -107,7 +107,7 @@ def main(tiny: bool = False):
         "auroc_array": roc_auc_score(y_test, proba_array[:, 1]),
         "proba": proba,
         "weights": weights,
-        "modalities": clf.modalities_,
+        "modalities": clf.modality_names_,
         "blocks": blocks,
     }
 

@@ -54,7 +54,7 @@ def fitted():
 
 def test_layout_from_names(fitted):
     clf, X, _ = fitted
-    assert clf.modalities_ == ["xray", "report", "labs"]
+    assert clf.modality_names_ == ["xray", "report", "labs"]
     assert [(b.modality, b.expert) for b in clf.blocks_] == [
         ("xray", "a"), ("xray", "b"), ("report", "a"), ("report", "b"), ("labs", "tabular"),
     ]
@@ -69,7 +69,7 @@ def test_layout_from_blocks_matches_names(fitted):
         "labs": [16, 17],
     }
     other = MedMIXClassifier(blocks=mapping, **FAST).fit(X.to_numpy(), y)
-    assert other.modalities_ == clf.modalities_
+    assert other.modality_names_ == clf.modality_names_
     assert [b.columns for b in other.blocks_] == [b.columns for b in clf.blocks_]
     np.testing.assert_allclose(other.predict_proba(X.to_numpy()), clf.predict_proba(X), rtol=1e-6)
 
@@ -77,20 +77,20 @@ def test_layout_from_blocks_matches_names(fitted):
 def test_plain_array_is_one_tabular_modality(fitted):
     _, X, y = fitted
     clf = MedMIXClassifier(**FAST).fit(X.to_numpy(), y)
-    assert clf.modalities_ == ["features"]
+    assert clf.modality_names_ == ["features"]
     assert len(clf.blocks_) == 1 and clf.blocks_[0].dim == X.shape[1]
     proba = clf.predict_proba(X.to_numpy())
     assert np.isfinite(proba).all()
     # Names without the layout separator are also one plain table.
     plain = X.set_axis([f"col{i}" for i in range(X.shape[1])], axis=1)
-    assert MedMIXClassifier(**FAST).fit(plain, y).modalities_ == ["features"]
+    assert MedMIXClassifier(**FAST).fit(plain, y).modality_names_ == ["features"]
 
 
 def test_teacher_blocks_are_never_inputs():
     X, y = block_frame(teacher=True)
     clf = MedMIXClassifier(**FAST).fit(X, y)
     assert all(not b.teacher for b in clf.blocks_)
-    assert "teacher" not in clf.modalities_
+    assert "teacher" not in clf.modality_names_
     X_nan = X.copy()
     X_nan[[c for c in X.columns if c.startswith("teacher__")]] = np.nan
     np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(X_nan))
@@ -133,9 +133,9 @@ def test_explain_weights(fitted):
     ]
     assert (w.to_numpy() >= 0).all()
     present = {m: X[[c for c in X.columns if c.startswith(m + "__")]].notna().any(axis=1).to_numpy()
-               for m in clf.modalities_}
-    mw = w[[f"modality_weight__{m}" for m in clf.modalities_]].to_numpy()
-    pm = np.column_stack([present[m] for m in clf.modalities_])
+               for m in clf.modality_names_}
+    mw = w[[f"modality_weight__{m}" for m in clf.modality_names_]].to_numpy()
+    pm = np.column_stack([present[m] for m in clf.modality_names_])
     assert (mw[~pm] == 0).all()
     rows = pm.any(axis=1)
     np.testing.assert_allclose(mw[rows].sum(axis=1), 1.0, atol=1e-6)
@@ -331,7 +331,7 @@ def test_pipeline_with_embedder_under_cross_val_score(tiny_text_model_dir):
     assert scores.shape == (3,) and (scores > 0.6).all()
     pipe.fit(df, y)
     clf = pipe.named_steps["clf"]
-    assert clf.modalities_ == ["report", "labs"]
+    assert clf.modality_names_ == ["report", "labs"]
     assert set(pipe.predict(df)) <= {"sick", "well"}
 
 

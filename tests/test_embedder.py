@@ -170,7 +170,10 @@ def test_layout_names_values_and_blocks(frame):
     assert Xt.dtype == np.float32
     assert Xt.shape == (6, len(EXPECTED_NAMES))
     assert list(names) == EXPECTED_NAMES
-    assert embedder.blocks_ == parse_feature_names(names)
+    layout = parse_feature_names(names)
+    assert embedder.blocks_ == [b for b in layout if not b.teacher]
+    assert embedder.teacher_blocks_ == [b for b in layout if b.teacher]
+    assert embedder.modality_names_ == ["xray", "report", "labs"]
     assert embedder.output_dims_ == {
         "xray__a": 3,
         "xray__b": 2,
@@ -201,6 +204,86 @@ def test_fit_records_layout_without_running_experts(frame):
     assert list(embedder.get_feature_names_out()) == EXPECTED_NAMES
     assert sum(CALLS.values()) == 0
     assert not any(e.is_loaded for e in embedder.modalities_[0][1])
+
+
+def test_fit_owns_clones_and_leaves_the_users_experts_unloaded(frame):
+    given = FakeImageExpert("a", 3)
+    teacher = FakeTextExpert("big", 5, seed=2)
+    embedder = make_embedder(
+        modalities=[("xray", [given], "image"), ("labs", "passthrough", ["age", "hr"])],
+        teachers=[("report", [teacher], "findings")],
+    )
+    Xt = embedder.fit_transform(frame)
+    fitted = embedder.modalities_[0][1][0]
+    assert fitted is not given and fitted.get_params() == given.get_params()
+    assert fitted.is_loaded and not given.is_loaded and not teacher.is_loaded
+    assert embedder.teachers_[0][1][0] is not teacher
+    assert embedder.modalities[0][1][0] is given  # the parameter itself is untouched
+    # Two embedders sharing one expert object do not share its loaded model.
+    other = make_embedder(modalities=[("xray", [given], "image")], teachers=None)
+    other.fit_transform(frame)
+    assert other.modalities_[0][1][0] is not fitted and not given.is_loaded
+    np.testing.assert_array_equal(np.asarray(embedder.transform(frame))[:, :3],
+                                  np.asarray(Xt)[:, :3])
+
+
+def test_nested_params_follow_column_transformer_names(frame):
+    from sklearn.preprocessing import StandardScaler
+
+    embedder = make_embedder(
+        modalities=[
+            ("xray", [FakeImageExpert("a", 3), FakeImageExpert("b", 2, seed=1)], "image"),
+            ("labs", StandardScaler(), ["age", "hr"]),
+        ],
+    )
+    params = embedder.get_params(deep=True)
+    assert params["xray__0"] is embedder.modalities[0][1][0]
+    assert params["xray__1__seed"] == 1
+    assert params["labs__with_mean"] is True
+    assert params["teacher__report__0__dim"] == 5
+    assert "xray__0__seed" not in embedder.get_params(deep=False)
+
+    embedder.set_params(xray__1__seed=7, labs__with_mean=False, teacher__report__0__dim=6)
+    assert embedder.modalities[0][1][1].seed == 7
+    assert embedder.modalities[1][1].with_mean is False
+    assert embedder.teachers[0][1][0].dim == 6
+    replacement = FakeImageExpert("c", 4)
+    embedder.set_params(xray__0=replacement)
+    assert embedder.modalities[0][1][0] is replacement
+    embedder.set_params(labs="passthrough")
+    assert embedder.modalities[1][1] == "passthrough"
+
+    with pytest.raises(ValueError, match="neither a parameter nor a modality name"):
+        embedder.set_params(nope__0__seed=1)
+    with pytest.raises(ValueError, match="has 2 expert"):
+        embedder.set_params(xray__5__seed=1)
+    with pytest.raises(ValueError, match="which has no parameters"):
+        embedder.set_params(labs__with_mean=True)
+
+
+def test_expert_parameter_set_through_a_pipeline_reaches_the_expert(frame):
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    pipe = Pipeline([("embed", make_embedder(teachers=None)), ("id", FunctionTransformer())])
+    assert "embed__xray__1__seed" in pipe.get_params()
+    pipe.set_params(embed__xray__1__seed=5, embed__report__0__dim=6)
+    assert pipe["embed"].modalities[0][1][1].seed == 5
+    fitted = clone(pipe).fit(frame)  # as a search does: clone, set, fit
+    expert = fitted["embed"].modalities_[0][1][1]
+    assert expert.seed == 5
+    out = np.asarray(fitted.transform(frame))
+    names = fitted["embed"].get_feature_names_out()
+    np.testing.assert_allclose(block(out, names, "xray__b__")[0],
+                               FakeImageExpert("b", 2, seed=5).expected(frame["image"].iloc[0]))
+    assert block(out, names, "report__t__").shape[1] == 6
+
+
+def test_modality_named_like_a_parameter_is_refused(frame):
+    embedder = MultimodalExpertEmbedder([("device", "passthrough", ["age"])])
+    with pytest.raises(ValueError, match="also a MultimodalExpertEmbedder parameter"):
+        embedder.fit(frame)
 
 
 def test_set_output_pandas(frame):

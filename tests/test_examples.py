@@ -90,7 +90,7 @@ def test_optuna_search(tmp_path, route, tiny_text_model_dir):
     prefix = "clf__" if route == "pipeline" else ""
     assert f"{prefix}modality_fusion" in search.best_params_
     clf = search.best_estimator_.steps[-1][1] if route == "pipeline" else search.best_estimator_
-    assert clf.modalities_ == ["xray", "report", "labs", "age"]
+    assert clf.modality_names_ == ["xray", "report", "labs", "age"]
     # The study is in the journal file: a second process (here, a second call)
     # joins it and adds its trials.
     again = module.main(

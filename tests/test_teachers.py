@@ -162,7 +162,7 @@ def test_alignment_heads_are_trained_then_dropped(data, monkeypatch):
     heads = seen["heads"]
     assert isinstance(heads, AlignmentHeads)
     # xray has a student counterpart (modality 0); report does not, so it is fused (-1).
-    assert heads.sources == [clf.modalities_.index("xray"), -1]
+    assert heads.sources == [clf.modality_names_.index("xray"), -1]
     assert heads.target_dims == [6, 5]
     # The heads were trained (by their own optimizer), then removed.
     assert any(not torch.equal(a, b) for a, b in zip(seen["initial"], heads.parameters()))

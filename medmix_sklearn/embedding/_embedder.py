@@ -148,14 +148,21 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     feature_names_out_ : ndarray of shape (n_features_out,)
         Output column names (see :meth:`get_feature_names_out`).
     blocks_ : list of Block
-        Output blocks in order: modality, expert (``"tabular"`` for a tabular
-        entry), output column indices, and whether it is a teacher block.
+        The student (non-teacher) output blocks in order: modality, expert
+        (``"tabular"`` for a tabular entry) and output column indices. The
+        same attribute on :class:`~medmix_sklearn.MedMIXClassifier` lists the
+        blocks it reads.
+    teacher_blocks_ : list of Block
+        The training-only teacher blocks, after the student blocks.
+    modality_names_ : list of str
+        The (student) modality names, in order.
     output_dims_ : dict
         ``{block key: width}``, block key ``{modality}__{expert}`` (with a
         ``teacher__`` prefix for teacher blocks).
     modalities_ : list of tuple
         The entries as fitted: ``(name, experts or fitted transformer, column
-        labels)``.
+        labels)``. Experts and transformers are clones of those given: ``fit``
+        never loads a model into, or fits, the objects in ``modalities``.
     teachers_ : list of tuple
         Same as ``modalities_`` for the teacher entries.
     device_ : str
@@ -221,6 +228,118 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.on_error = on_error
         self.n_jobs = n_jobs
+
+    # -- nested parameters --------------------------------------------------
+    def _nested(self):
+        """``(key prefix, list parameter, index, name, spec)`` of every well-formed entry."""
+        for prefix, param in (("", "modalities"), (f"{TEACHER}{SEP}", "teachers")):
+            entries = getattr(self, param)
+            if not isinstance(entries, (list, tuple)):
+                continue  # an invalid value: fit reports it
+            for index, entry in enumerate(entries):
+                if isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str):
+                    yield prefix, param, index, entry[0], entry[1]
+
+    def get_params(self, deep=True):
+        """Parameters of the embedder and, with ``deep``, of its experts and transformers.
+
+        Like :class:`~sklearn.compose.ColumnTransformer`, ``deep=True`` adds
+        ``{modality}`` (the entry's experts or transformer),
+        ``{modality}__{param}`` (a transformer's parameters), and for experts
+        ``{modality}__{i}`` (the ``i``-th expert of the entry) and
+        ``{modality}__{i}__{param}``. Teacher entries are prefixed with
+        ``teacher__`` (``teacher__xray__0__image_size``). In a Pipeline these
+        read ``embed__xray__0__image_size``, so searches can tune them.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Include the nested parameters.
+
+        Returns
+        -------
+        params : dict
+        """
+        params = super().get_params(deep=False)
+        if not deep:
+            return params
+        for prefix, _, _, name, spec in self._nested():
+            key = f"{prefix}{name}"
+            params[key] = spec
+            if isinstance(spec, BaseExpert):
+                spec = [spec]
+            if _is_expert_spec(spec):
+                for i, expert in enumerate(spec):
+                    params[f"{key}{SEP}{i}"] = expert
+                    for param, value in expert.get_params(deep=True).items():
+                        params[f"{key}{SEP}{i}{SEP}{param}"] = value
+            elif hasattr(spec, "get_params") and not isinstance(spec, type):
+                for param, value in spec.get_params(deep=True).items():
+                    params[f"{key}{SEP}{param}"] = value
+        return params
+
+    def set_params(self, **params):
+        """Set parameters, including those of the experts and transformers.
+
+        Keys are those of :meth:`get_params` with ``deep=True``:
+        ``xray__0__image_size=96`` sets a parameter of the first expert of
+        modality ``"xray"``; ``xray__0=expert`` replaces that expert;
+        ``labs=StandardScaler()`` replaces a tabular entry's transformer;
+        ``labs__with_mean=False`` sets one of its parameters. ``modalities``
+        and ``teachers``, when given, are applied first.
+
+        Returns
+        -------
+        self : MultimodalExpertEmbedder
+        """
+        own = {k: v for k, v in params.items() if k in self._get_param_names()}
+        super().set_params(**own)
+        nested = {k: v for k, v in params.items() if k not in own}
+        entries = {f"{prefix}{name}": (param, index)
+                   for prefix, param, index, name, _ in self._nested()}
+        for key, value in nested.items():
+            head, _, rest = key.partition(SEP)
+            if head == TEACHER:
+                name, _, rest = rest.partition(SEP)
+                head = f"{TEACHER}{SEP}{name}"
+            if head not in entries:
+                known = sorted(set(self._get_param_names()) | set(entries))
+                raise ValueError(
+                    f"Invalid parameter {key!r} for MultimodalExpertEmbedder: {head!r} is "
+                    f"neither a parameter nor a modality name. Valid names: {known}. Nested "
+                    "names are {modality}__{param}, {modality}__{i}__{param} for experts, "
+                    "and teacher__{modality}__... for teachers."
+                )
+            param, index = entries[head]
+            entry_list = list(getattr(self, param))
+            name, spec, columns = entry_list[index]
+            if not rest:
+                spec = value
+            elif _is_expert_spec(spec):
+                experts = [spec] if isinstance(spec, BaseExpert) else list(spec)
+                position, _, sub = rest.partition(SEP)
+                if not position.isdigit() or int(position) >= len(experts):
+                    raise ValueError(
+                        f"Invalid parameter {key!r}: modality {head!r} has {len(experts)} "
+                        f"expert(s), addressed as {head}__0 .. {head}__{len(experts) - 1}. "
+                        f"Got {position!r} instead."
+                    )
+                if sub:
+                    experts[int(position)].set_params(**{sub: value})
+                else:
+                    experts[int(position)] = value
+                spec = experts
+            elif hasattr(spec, "set_params"):
+                spec.set_params(**{rest: value})
+            else:
+                raise ValueError(
+                    f"Invalid parameter {key!r}: modality {head!r} is {spec!r}, which has "
+                    "no parameters. Replace it with "
+                    f"set_params({head}=transformer) instead."
+                )
+            entry_list[index] = (name, spec, columns)
+            setattr(self, param, entry_list)
+        return self
 
     # -- tags ---------------------------------------------------------------
     def __sklearn_tags__(self):
@@ -368,7 +487,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             if entry.is_tabular:
                 fitted[id(entry)] = (self._fit_tabular(entry, frame, labels), labels)
             else:
-                for expert in entry.experts:
+                # The fitted embedder owns its experts, as it owns its fitted
+                # transformers: the user's expert objects are never loaded.
+                experts = [clone(expert) for expert in entry.experts]
+                for expert in experts:
                     # Builds the architecture at most, never the weights.
                     _check_output_dim(expert, entry)
                 values = frame[labels[0]].tolist()
@@ -379,7 +501,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                         MissingModalityWarning,
                         stacklevel=3,
                     )
-                fitted[id(entry)] = (list(entry.experts), labels)
+                fitted[id(entry)] = (experts, labels)
         self.modalities_ = [(e.name, *fitted[id(e)]) for e in students]
         self.teachers_ = [(e.name, *fitted[id(e)]) for e in teachers]
         self._input_names = np.asarray(
@@ -389,7 +511,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         self._input_labels = list(frame.columns)
         names, blocks, dims = self._layout(self._input_names)
         self.feature_names_out_ = np.asarray(names, dtype=object)
-        self.blocks_ = blocks
+        self.blocks_ = [b for b in blocks if not b.teacher]
+        self.teacher_blocks_ = [b for b in blocks if b.teacher]
+        self.modality_names_ = [name for name, _, _ in self.modalities_]
         self.output_dims_ = dims
         return frame
 
@@ -411,6 +535,12 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     f"{where} is named {TEACHER!r}, which is reserved for training-only "
                     "blocks. Rename the modality, or pass it through teachers= if it "
                     "is a teacher."
+                )
+            if name in self._get_param_names():
+                raise ValueError(
+                    f"{where} is named {name!r}, which is also a MultimodalExpertEmbedder "
+                    "parameter; nested parameter names ({modality}__{param}) would be "
+                    "ambiguous. Rename the modality."
                 )
             if name in seen:
                 raise ValueError(
@@ -585,7 +715,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         directory = resolve_cache_dir(self.cache_dir)
         cache = EmbeddingCache(directory) if directory is not None else None
         n_threads = _n_threads(self.n_jobs)
-        blocks = iter(self.blocks_)
+        blocks = iter(self.blocks_ + self.teacher_blocks_)
         device = None  # resolved at the first expert entry
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             for teacher, fitted in ((False, self.modalities_), (True, self.teachers_)):

@@ -213,7 +213,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     teacher_blocks_ : list of Block
         The teacher blocks that guided training (empty with ``teacher=None``).
         Only their layout is kept, no values or weights.
-    modalities_ : list of str
+    modality_names_ : list of str
         Modality names, in the order of the modality weights.
     device_ : str
         The device trained on.
@@ -543,7 +543,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """
         out = self._forward(X)
         columns = [f"expert_weight{SEP}{b.modality}{SEP}{b.expert}" for b in self.blocks_]
-        columns += [f"modality_weight{SEP}{m}" for m in self.modalities_]
+        columns += [f"modality_weight{SEP}{m}" for m in self.modality_names_]
         values = torch.cat([out.expert_weights, out.modality_weights], dim=1).double().numpy()
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(values, columns=columns, index=index)
@@ -587,7 +587,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """Learn the layout, per-feature standardisation and missing indicators."""
         self.blocks_, teachers = self._resolve_layout(X.shape[1])
         self.teacher_blocks_ = teachers if self.teacher is not None else []
-        self.modalities_ = list(dict.fromkeys(b.modality for b in self.blocks_))
+        self.modality_names_ = list(dict.fromkeys(b.modality for b in self.blocks_))
         self._columns = np.concatenate([np.asarray(b.columns, dtype=np.intp) for b in self.blocks_])
         values = X[:, self._columns]
         with warnings.catch_warnings():
@@ -600,7 +600,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 
         presence = self._presence(X)
         absent_everywhere = [
-            m for m in self.modalities_
+            m for m in self.modality_names_
             if not presence[:, [i for i, b in enumerate(self.blocks_) if b.modality == m]].any()
         ]
         if absent_everywhere:
@@ -620,7 +620,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self._indicators.append(np.flatnonzero(cells.any(axis=0)))
         self.network_params_ = {
             "block_dims": [b.dim + len(ind) for b, ind in zip(self.blocks_, self._indicators)],
-            "block_modality": [self.modalities_.index(b.modality) for b in self.blocks_],
+            "block_modality": [self.modality_names_.index(b.modality) for b in self.blocks_],
             "block_norm": [b.expert != TABULAR_EXPERT for b in self.blocks_],
         }
         self.device_ = (
@@ -747,7 +747,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 "hidden_dim": self.hidden_dim,
                 "target_dims": [b.dim for b in teachers],
                 "sources": [
-                    self.modalities_.index(b.modality) if b.modality in self.modalities_ else -1
+                    self.modality_names_.index(b.modality) if b.modality in self.modality_names_ else -1
                     for b in teachers
                 ],
             }
