@@ -16,9 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-# Tiny networks run fastest, and most repeatably, on one thread.
-torch.set_num_threads(1)
-
 TINY_IMAGE_MODEL = "test_efficientnet"
 
 _VOCAB_WORDS = (
@@ -64,6 +61,20 @@ def tiny_text_model_dir(tmp_path_factory):
 def tiny_image_model():
     """Name of a tiny timm architecture, used with ``pretrained=False``."""
     return TINY_IMAGE_MODEL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Run the whole session on one torch thread, restoring the count at the end.
+
+    Tiny networks on a shared machine run fastest, and most repeatably, on one
+    thread. Session scope, so module-scoped fixtures that fit models run under it
+    too.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from skorch.exceptions import DeviceWarning
 
 from medmix_sklearn.exceptions import MissingModalityWarning
@@ -47,7 +46,6 @@ def block_frame(n=240, seed=0, p_missing=0.3, labels=None, teacher=False):
 
 @pytest.fixture(scope="module")
 def fitted():
-    torch.set_num_threads(1)
     X, y = block_frame()
     return MedMIXClassifier(**FAST).fit(X, y), X, y
 

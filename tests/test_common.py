@@ -8,7 +8,6 @@ covers.
 """
 
 import pytest
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import estimator_checks

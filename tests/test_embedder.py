@@ -756,7 +756,7 @@ def real_frame(tmp_path):
 
 
 def test_real_tiny_experts(real_frame, tmp_path, tiny_image_model, tiny_text_model_dir):
-    experts = pytest.importorskip("medmix_sklearn.experts")
+    from medmix_sklearn import experts
 
     def build():
         return MultimodalExpertEmbedder(

