@@ -32,7 +32,8 @@ def _gradient(h=40, w=48, dtype=np.uint8, high=255):
     return np.tile(row, (h, 1)).astype(dtype)
 
 
-def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None):
+def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None,
+                 window=None):
     import pydicom  # the test extra installs it
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -56,6 +57,8 @@ def _write_dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, interce
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(str(path), enforce_file_format=True)
     assert pydicom.dcmread(str(path)).pixel_array.shape == pixels.shape
@@ -164,6 +167,22 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
     np.testing.assert_array_equal(inverted, 255 - plain)
     # A negative slope reverses the order of values before windowing.
     np.testing.assert_array_equal(flipped, 255 - plain)
+
+
+def test_dicom_uses_the_files_own_window(tmp_path):
+    """WindowCenter/WindowWidth of the file set the display, through pydicom's VOI LUT."""
+    pixels = np.array([[0, 100, 200], [300, 400, 4000]], dtype=np.uint16)
+    plain = np.asarray(load_image(_write_dicom(tmp_path / "p.dcm", pixels)))[..., 0]
+    windowed = np.asarray(
+        load_image(_write_dicom(tmp_path / "w.dcm", pixels, window=(250, 300)))
+    )[..., 0]
+    # Without a window the 4000 outlier squeezes the rest into a few grey levels.
+    assert plain[0, :].tolist() == [0, 6, 13]
+    # With the window 100..400, values at or below 100 are black, at or above 400 white,
+    # and the rest spread over the full range.
+    assert windowed[0, 0] == windowed[0, 1] == 0
+    assert windowed[1, 1] == windowed[1, 2] == 255
+    assert 60 < windowed[0, 2] < 110 and 145 < windowed[1, 0] < 195
 
 
 def test_dicom_without_pydicom_names_the_extra(image_files, monkeypatch):

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 __all__ = ["make_multimodal_classification"]
 
@@ -21,6 +22,23 @@ _DEFAULT_SIGNAL = {"image": 0.7, "text": 0.7, "labs": 0.6}
 _LABEL_MISSING_SHIFT = 1.0
 
 
+@validate_params(
+    {
+        "n_samples": [Interval(numbers.Integral, 1, None, closed="left")],
+        "image_dir": [str, os.PathLike, None],
+        "n_classes": [Interval(numbers.Integral, 2, None, closed="left")],
+        "image_size": [Interval(numbers.Integral, 32, 1024, closed="both")],
+        # Floats or {modality: float}; the dict values are checked inside.
+        "missing_rate": [numbers.Real, Mapping],
+        "missingness": [StrOptions({"random", "label"})],
+        "modality_signal": [numbers.Real, Mapping, None],
+        "reliability_spread": [Interval(numbers.Real, 0, 1, closed="left")],
+        "cell_missing_rate": [Interval(numbers.Real, 0, 1, closed="left")],
+        "return_latent": ["boolean"],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_multimodal_classification(
     n_samples=500,
     *,
@@ -161,17 +179,10 @@ def make_multimodal_classification(
     >>> y.value_counts().tolist()
     [10, 10]
     """
-    n_classes = _check_int("n_classes", n_classes, low=2)
-    n_samples = _check_int("n_samples", n_samples, low=1)
     if n_samples < 2 * n_classes:
         raise ValueError(
             f"n_samples must be at least 2 * n_classes = {2 * n_classes} so that "
             f"every class has two rows. Got n_samples={n_samples!r} instead."
-        )
-    image_size = _check_int("image_size", image_size, low=32, high=1024)
-    if missingness not in ("random", "label"):
-        raise ValueError(
-            f"missingness must be 'random' or 'label'. Got {missingness!r} instead."
         )
     rates = _check_per_modality(
         "missing_rate", missing_rate, default=0.0, low=0.0, high=1.0, closed_high=False
@@ -183,8 +194,8 @@ def make_multimodal_classification(
         low=0.0,
         high=None,
     )
-    reliability_spread = _check_fraction("reliability_spread", reliability_spread)
-    cell_missing_rate = _check_fraction("cell_missing_rate", cell_missing_rate)
+    n_samples, n_classes, image_size = int(n_samples), int(n_classes), int(image_size)
+    reliability_spread, cell_missing_rate = float(reliability_spread), float(cell_missing_rate)
     if image_dir is not None:
         image_dir = os.path.abspath(os.fspath(image_dir))
 
@@ -264,23 +275,6 @@ def make_multimodal_classification(
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value, *, low: int, high: int | None = None) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int. Got {value!r} instead.")
-    if value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int {bounds}. Got {value!r} instead.")
-    return int(value)
-
-
-def _check_fraction(name: str, value) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a float in [0, 1). Got {value!r} instead.")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1). Got {value!r} instead.")
-    return float(value)
-
-
 def _check_per_modality(
     name: str,
     value,
@@ -290,7 +284,11 @@ def _check_per_modality(
     high: float | None,
     closed_high: bool = True,
 ) -> dict[str, float]:
-    """Turn a float or a {modality: float} dict into a full, checked dict."""
+    """Turn a float or a {modality: float} dict into a full, checked dict.
+
+    ``validate_params`` checks the type (float or mapping); the values of a
+    mapping, and which keys it may have, are checked here.
+    """
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(MODALITIES), key=str)
         if unknown:

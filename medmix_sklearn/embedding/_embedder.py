@@ -6,12 +6,14 @@ import logging
 import os
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from numbers import Integral
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -61,19 +63,17 @@ def _failure_text(item: Any, message: str) -> str:
     return f"{_describe_item(item)} ({message})"
 
 
+@dataclass(slots=True)
 class _Entry:
     """One validated ``(name, experts or transformer, columns)`` entry."""
 
-    __slots__ = ("name", "experts", "transformer", "spec", "teacher", "index", "where")
-
-    def __init__(self, name, experts, transformer, spec, teacher, index, where):
-        self.name = name
-        self.experts = experts
-        self.transformer = transformer
-        self.spec = spec
-        self.teacher = teacher
-        self.index = index
-        self.where = where
+    name: str
+    experts: list | None
+    transformer: Any
+    spec: Any
+    teacher: bool
+    index: int
+    where: str
 
     @property
     def is_tabular(self) -> bool:
@@ -205,7 +205,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
         "on_error": [StrOptions({"warn", "raise"})],
-        "n_jobs": [Integral, None],
+        # joblib's convention: 0 means nothing, so it is refused.
+        "n_jobs": [Interval(Integral, None, -1, closed="right"),
+                   Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -714,7 +716,8 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         out = np.full((n_rows, len(self.feature_names_out_)), np.nan, dtype=np.float32)
         directory = resolve_cache_dir(self.cache_dir)
         cache = EmbeddingCache(directory) if directory is not None else None
-        n_threads = _n_threads(self.n_jobs)
+        # None means 1 (unless a joblib.parallel_config says otherwise), -1 all CPUs.
+        n_threads = effective_n_jobs(self.n_jobs)
         blocks = iter(self.blocks_ + self.teacher_blocks_)
         device = None  # resolved at the first expert entry
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
@@ -845,7 +848,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         def submit(batch: list) -> list[Future]:
             return [pool.submit(_read, expert, items[first[key]]) for key in batch]
 
-        progress = _progress(len(batches), where, self.verbose)
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(batches), desc=where, unit="batch", leave=False,
+                        disable=not self.verbose or not batches)
         pending = submit(batches[0]) if batches else []
         for b, batch in enumerate(batches):
             decoded_futures = pending
@@ -1156,27 +1162,3 @@ def _resolve_device(device: str) -> str:
             f"'cuda:1'. Got {device!r} instead."
         ) from exc
     return device
-
-
-def _n_threads(n_jobs) -> int:
-    if n_jobs is None:
-        return 1
-    if n_jobs < 0:
-        return max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-    return max(1, int(n_jobs))
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, verbose):
-    if not verbose or total == 0:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False)

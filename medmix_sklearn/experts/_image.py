@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ _HF_HUB_PREFIX = "hf-hub:"
 _CLASSIFIER_PREFIXES = ("_fc.", "fc.", "classifier.", "head.", "head.fc.", "last_linear.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ImageSpec:
     """What an ImageExpert's parameters resolve to (no model built)."""
 
@@ -47,7 +48,7 @@ class _ImageSpec:
     preset: Preset | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ArchInfo:
     output_dim: int
     data_config: dict
@@ -56,15 +57,12 @@ class _ArchInfo:
     classifier: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _LoadedImageModel:
     module: Any
     transform: Any
 
 
-# Architecture facts per (architecture, image_size), found once per process by
-# building the network on the meta device (no memory, no weights).
-_ARCH_INFO: dict[tuple[str, int | None], _ArchInfo] = {}
 
 
 def _timm():
@@ -73,11 +71,10 @@ def _timm():
     return timm
 
 
+@functools.cache
 def _arch_info(architecture: str, image_size: int | None) -> _ArchInfo:
-    key = (architecture, image_size)
-    info = _ARCH_INFO.get(key)
-    if info is not None:
-        return info
+    """Architecture facts, found once per process and (architecture, image_size) by
+    building the network on the meta device (no memory, no weights)."""
     import torch
     from timm.data import resolve_data_config
 
@@ -120,7 +117,6 @@ def _arch_info(architecture: str, image_size: int | None) -> _ArchInfo:
         pretrained_source=f"{source}:{tag}",
         classifier=str(cfg.get("classifier") or ""),
     )
-    _ARCH_INFO[key] = info
     return info
 
 

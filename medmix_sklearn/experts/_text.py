@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -38,11 +39,27 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 _WEIGHT_PREFIXES = ("model", "pytorch_model")
 _HUB_PATTERNS = [*_HASHED_FILES, "*.safetensors", "pytorch_model*.bin", "*.index.json"]
 
-# Per process: hidden size of a model directory, keyed by its config file state.
-_HIDDEN_SIZES: dict[tuple[str, int, int], int] = {}
+
+@functools.cache
+def _hidden_size(directory: str, mtime_ns: int, size: int) -> int:
+    """Hidden size of a model directory, once per process and state of its config file."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    for attr in ("hidden_size", "d_model", "dim", "hidden_dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(
+        f"Cannot tell the hidden size of the text model in {directory!r}: its "
+        "config has none of hidden_size, d_model, dim, hidden_dim."
+    )
 
 
 def _offline() -> bool:
+    # Not huggingface_hub.constants.HF_HUB_OFFLINE (or is_offline_mode()): that is read
+    # once, when huggingface_hub is imported, so setting HF_HUB_OFFLINE later (in a
+    # notebook, or a test's monkeypatch) would be missed; this reads it at call time.
     return any(
         os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -192,24 +209,8 @@ class TextExpert(BaseExpert):
     def output_dim(self) -> int:
         """The model's hidden size, read from its config (no weights loaded)."""
         _, directory = self._source()
-        config_path = os.path.join(directory, "config.json")
-        stat = os.stat(config_path)
-        key = (config_path, stat.st_mtime_ns, stat.st_size)
-        if key not in _HIDDEN_SIZES:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(directory, local_files_only=True)
-            for attr in ("hidden_size", "d_model", "dim", "hidden_dim"):
-                value = getattr(config, attr, None)
-                if isinstance(value, int):
-                    _HIDDEN_SIZES[key] = value
-                    break
-            else:
-                raise ValueError(
-                    f"Cannot tell the hidden size of the text model in {directory!r}: its "
-                    "config has none of hidden_size, d_model, dim, hidden_dim."
-                )
-        return _HIDDEN_SIZES[key]
+        stat = os.stat(os.path.join(directory, "config.json"))
+        return _hidden_size(directory, stat.st_mtime_ns, stat.st_size)
 
     # -- items ----------------------------------------------------------------------
     def read(self, item) -> str:

@@ -1,27 +1,19 @@
 """MedMIXClassifier: expert and modality fusion under missing modalities.
 
-The estimator reads the block layout (DESIGN.md section 4) from its input,
-standardises each feature on the rows where it is present, replaces every NaN
-before anything reaches torch, and trains :class:`MedMIXNetwork` through a
-private skorch net ``net_``.
+The estimator reads the block layout (``medmix_sklearn/_layout.py``; see
+docs/concepts.md) from its input, standardises each feature on the rows where
+it is present, replaces every NaN before anything reaches torch, and trains
+:class:`MedMIXNetwork` through a private skorch net ``net_``.
 
-Defaults are chosen by measurement. ``benchmarks/bench_quality.py``
-(docs/benchmarks/quality.md) compares them with the ablations (expert gate vs
-mean vs a single expert, modality attention vs mean vs concat, modality dropout
-and auxiliary heads on and off) and with scikit-learn baselines on the same
-folds. It is why "attention" keeps a weighted slot per modality: with the
-first design, which pooled the weighted tokens into one vector (as "gate" and
-"mean" still do), the same benchmark at commit a379e0b put "attention" 0.03
-(missing at random) and 0.06 (missing by label) AUROC below plain "concat" on
-the generator, where modalities carry complementary signal. ``benchmarks/bench_classifier_speed.py --sweep`` varies
-the other defaults one at a time on generated NaN-block data: only early
-stopping mattered clearly there (about 0.03 AUROC); the rest moved AUROC by
-less than the noise of two seeds.
-
-Teachers (``teacher=``) are training-only: alignment heads and cross-fitted
-soft labels enter the training loss, and are dropped at the end of ``fit``.
-``benchmarks/bench_teachers.py`` measures what they bring
-(docs/benchmarks/teachers.md); they are options, off by default.
+Defaults are chosen by measurement: ``benchmarks/bench_quality.py``
+(docs/benchmarks/quality.md) compares them with the ablations and with
+scikit-learn baselines on the same folds, and
+``benchmarks/bench_classifier_speed.py --sweep`` varies them one at a time;
+CHANGELOG.md records what those runs decided. Teachers (``teacher=``) are
+training-only: alignment heads and cross-fitted soft labels enter the
+training loss, and are dropped at the end of ``fit``;
+``benchmarks/bench_teachers.py`` (docs/benchmarks/teachers.md) measures what
+they bring. They are options, off by default.
 """
 
 from __future__ import annotations
@@ -37,7 +29,7 @@ import torch
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone, is_classifier
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
-from sklearn.preprocessing import LabelEncoder
+from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
@@ -439,6 +431,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : MedMIXClassifier
         """
+        # Not sklearn.utils.multiclass._check_partial_fit_first_call: it requires
+        # classes= on the first call, where this method documents taking them from y.
         first = not hasattr(self, "net_")
         if first:
             self._validate_params()
@@ -589,14 +583,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.teacher_blocks_ = teachers if self.teacher is not None else []
         self.modality_names_ = list(dict.fromkeys(b.modality for b in self.blocks_))
         self._columns = np.concatenate([np.asarray(b.columns, dtype=np.intp) for b in self.blocks_])
-        values = X[:, self._columns]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            mean = np.nanmean(values, axis=0)
-            std = np.nanstd(values, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.where(np.isfinite(std) & (std > 1e-12 * np.maximum(1.0, np.abs(mean))), std, 1.0)
-        self._mean, self._scale = mean, std
+        self._mean, self._scale = _nan_standardisation(X[:, self._columns])
 
         presence = self._presence(X)
         absent_everywhere = [
@@ -733,12 +720,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             targets = []
             for b, rows in zip(teachers, present.T):
                 values = X[:, list(b.columns)]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(values[rows], axis=0)
-                    std = np.nanstd(values[rows], axis=0)
-                mean = np.where(np.isfinite(mean), mean, 0.0)
-                std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+                mean, std = _nan_standardisation(values[rows])
                 z = (values - mean) / std
                 targets.append(np.where(np.isnan(z), 0.0, z))
             dataset.teacher["teacher_x"] = torch.as_tensor(np.hstack(targets), dtype=torch.float32)
@@ -933,6 +915,21 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         where = np.full(self.n_features_in_, -1, dtype=np.intp)
         where[used] = np.arange(len(used))
         return values, where
+
+
+def _nan_standardisation(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and scale of the non-NaN cells, as StandardScaler computes them.
+
+    StandardScaler ignores NaN when fitting and gives a constant column scale 1;
+    a column without any value (or no row at all) gets mean 0 and scale 1 here,
+    where StandardScaler would give NaN, so its cells pass through unchanged.
+    """
+    if values.shape[0] == 0:
+        return np.zeros(values.shape[1]), np.ones(values.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        scaler = StandardScaler().fit(values)
+    return np.nan_to_num(scaler.mean_, nan=0.0), np.nan_to_num(scaler.scale_, nan=1.0)
 
 
 def _log_info(message: str) -> None:
