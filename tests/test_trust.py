@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from sklearn.pipeline import Pipeline
 
 from medmix_sklearn import load_model, save_model
@@ -180,7 +179,7 @@ def test_array_from_a_meta_estimator_warns_that_the_layout_is_lost():
     bag = BaggingClassifier(MedMIXClassifier(**FAST), n_estimators=2, random_state=0)
     with pytest.warns(LayoutWarning, match="layout was lost.*blocks=embedder.blocks_"):
         bag.fit(X, y)
-    assert bag.estimators_[0].modalities_ == ["features"]
+    assert bag.estimators_[0].modality_names_ == ["features"]
     # A narrow plain table is not a lost layout: no warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error", LayoutWarning)
@@ -193,12 +192,12 @@ def test_explicit_blocks_from_the_embedder_keep_the_layout_through_bagging():
     from medmix_sklearn._layout import parse_feature_names
 
     X, y = _wide_blocks()
-    blocks = parse_feature_names(X.columns)  # what a fitted embedder's blocks_ holds
+    blocks = parse_feature_names(X.columns)  # a fitted embedder's blocks_ + teacher_blocks_
     bag = BaggingClassifier(MedMIXClassifier(blocks=blocks, **FAST), n_estimators=2, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bag.fit(X.to_numpy(), y)
-    assert bag.estimators_[0].modalities_ == ["xray", "report", "labs"]
+    assert bag.estimators_[0].modality_names_ == ["xray", "report", "labs"]
     assert bag.predict_proba(X.to_numpy()).shape == (len(y), 2)
     with pytest.raises(ValueError, match="list of Block"):
         MedMIXClassifier(blocks=[blocks[0], "labs"], **FAST).fit(X.to_numpy(), y)
@@ -231,7 +230,7 @@ def test_set_output_default_warns_that_the_layout_is_lost():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LayoutWarning)
         pipe.fit(X, y)
-    assert pipe.named_steps["clf"].modalities_ == ["xray", "report", "labs"]
+    assert pipe.named_steps["clf"].modality_names_ == ["xray", "report", "labs"]
 
 
 def test_column_transformer_prefix_is_recovered():
@@ -244,7 +243,7 @@ def test_column_transformer_prefix_is_recovered():
     pipe.fit(X, y)
     clf = pipe.named_steps["clf"]
     assert clf.feature_names_in_[0] == "mm__xray__a0"
-    assert clf.modalities_ == ["xray", "report", "labs", "remainder"]
+    assert clf.modality_names_ == ["xray", "report", "labs", "remainder"]
     assert [b.dim for b in clf.blocks_] == [16, 16, 3, 1]
 
 

@@ -170,8 +170,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         is smaller).
     blocks : dict, list of Block or None, default=None
         Explicit layout ``{modality: column indices}`` or ``{modality: {expert:
-        column indices}}``, or the ``blocks_`` of a fitted
-        :class:`MultimodalExpertEmbedder`, for input without layout column
+        column indices}}``, or the blocks of a fitted
+        :class:`MultimodalExpertEmbedder` (``embedder.blocks_ +
+        embedder.teacher_blocks_``), for input without layout column
         names (arrays from a meta-estimator such as ``BaggingClassifier``).
         Overrides names when given. Without both, names with a common
         transformer prefix (``ColumnTransformer``'s ``mm__xray__...``) are
@@ -562,7 +563,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     "meta-estimator such as BaggingClassifier passes arrays; "
                     "set_output(transform='default') drops column names). Keep the layout "
                     "with set_output(transform='pandas') on the embedder, or pass "
-                    "blocks=embedder.blocks_ (or a {modality: columns} dict); pass "
+                    "blocks=embedder.blocks_ + embedder.teacher_blocks_ (or a {modality: "
+                    "columns} dict); pass "
                     f"blocks={{{_DEFAULT_MODALITY!r}: range({n_features})}} to silence this warning.",
                     LayoutWarning,
                     stacklevel=4,
