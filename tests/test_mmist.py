@@ -131,7 +131,7 @@ def test_fits_medmix(replica):
 
     bunch = load_mmist_ccrcc(replica[0])
     clf = MedMIXClassifier(max_epochs=2, early_stopping=False, random_state=0).fit(bunch.data, bunch.target)
-    assert clf.modalities_ == ["clinical", "genomics", "ct", "mri", "wsi"]
+    assert clf.modality_names_ == ["clinical", "genomics", "ct", "mri", "wsi"]
     assert clf.predict_proba(bunch.data).shape == (12, 2)
 
 
