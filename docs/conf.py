@@ -70,7 +70,10 @@ exclude_patterns = [
 ]
 
 # -- API reference ---------------------------------------------------------
-autosummary_generate = True
+# An explicit list: Sphinx finds its source files before conf.py has written
+# api.rst, so on a clean checkout "True" would scan no API page and leave every
+# stub missing.
+autosummary_generate = ["api.rst"]
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"  # the numpydoc sections carry the public types
 numpydoc_show_class_members = False
