@@ -834,6 +834,34 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         net = self._build_net(None, device=device)
         return net.initialize()
 
+    def _network_spec(self) -> tuple[type, dict, dict]:
+        """The network class, its keyword arguments and :class:`FusionLoss`'s.
+
+        The one thing a subclass changes to train another fusion network with
+        this estimator's preprocessing and training loop (optimizer, early
+        stopping, budget): ``benchmarks/fusion_baselines.py`` does so for the
+        published methods. The network takes ``block_dims``,
+        ``block_modality``, ``block_norm`` (``network_params_``) and
+        ``n_classes``, and returns the :class:`FusionOutput` fields; it may
+        define ``penalty()``, a regulariser that training adds to the loss.
+        """
+        module_params = {
+            "n_classes": len(self.classes_),
+            "hidden_dim": self.hidden_dim,
+            "expert_fusion": self.expert_fusion,
+            "modality_fusion": self.modality_fusion,
+            "dropout": self.dropout,
+            "modality_dropout": self.modality_dropout,
+            **self.network_params_,
+        }
+        criterion_params = {
+            "aux_weight": self.aux_weight,
+            "align_weight": self.align_weight,
+            "distill_weight": self.distill_weight,
+            "temperature": self.distill_temperature,
+        }
+        return MedMIXNetwork, module_params, criterion_params
+
     def _build_net(
         self, valid: BlockDataset | None, aligner: dict | None = None, device: str | None = None
     ) -> FusionNet:
@@ -845,21 +873,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     EarlyStopping(monitor="valid_loss", patience=self.patience, load_best=True, sink=_log_info),
                 )
             )
+        module, module_params, criterion_params = self._network_spec()
         return FusionNet(
-            module=MedMIXNetwork,
-            module__n_classes=len(self.classes_),
-            module__hidden_dim=self.hidden_dim,
-            module__expert_fusion=self.expert_fusion,
-            module__modality_fusion=self.modality_fusion,
-            module__dropout=self.dropout,
-            module__modality_dropout=self.modality_dropout,
-            **{f"module__{k}": v for k, v in self.network_params_.items()},
+            module=module,
+            **{f"module__{k}": v for k, v in module_params.items()},
             aligner=aligner,
             criterion=FusionLoss,
-            criterion__aux_weight=self.aux_weight,
-            criterion__align_weight=self.align_weight,
-            criterion__distill_weight=self.distill_weight,
-            criterion__temperature=self.distill_temperature,
+            **{f"criterion__{k}": v for k, v in criterion_params.items()},
             optimizer=torch.optim.AdamW,
             lr=self.lr,
             optimizer__weight_decay=self.weight_decay,

@@ -271,6 +271,14 @@ class FusionNet(NeuralNet):
                     to_tensor(X["soft_target"], device=self.device),
                     to_tensor(X["soft_mask"], device=self.device),
                 )
-        return self.criterion_(
+        loss = self.criterion_(
             y_pred, y_true, sample_weight, training=training, align=align, distill=distill
         )
+        penalty = getattr(self.module_, "penalty", None)
+        if training and penalty is not None:
+            # A network's own training-only regulariser (e.g. a mixture of
+            # experts' load balancing), computed in its last forward.
+            extra = penalty()
+            if extra is not None:
+                loss = loss + extra
+        return loss
