@@ -18,7 +18,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from fusion_baselines import (  # noqa: E402
+from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from fusion_baselines import (
     PUBLISHED_BASELINES,
     DrFuseNetwork,
     FlexMoENetwork,
@@ -27,9 +28,7 @@ from fusion_baselines import (  # noqa: E402
     ShaSpecNetwork,
 )
 
-from medmix_sklearn import MedMIXClassifier  # noqa: E402
-
-from _helpers import one_torch_thread  # noqa: E402,F401  (autouse fixture)
+from medmix_sklearn import MedMIXClassifier
 
 FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
 
