@@ -342,7 +342,7 @@ def _generator(random_state) -> np.random.Generator:
     )
 
 
-def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=True):
+def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=True, return_mask=False):
     """A copy of ``X`` with whole modalities blanked (set to NaN) at random.
 
     Each modality present in a row is blanked, in all of its columns,
@@ -359,8 +359,13 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
         block-layout column names of a DataFrame (:func:`modality_columns`,
         teachers left out). Give a subset of the modalities to blank only
         those.
-    rate : float in [0, 1], default=0.5
-        Probability of blanking each present modality of each row.
+    rate : float in [0, 1] or array-like, default=0.5
+        Probability of blanking each present modality of each row; an array
+        broadcastable to ``(n_samples, n_groups)`` gives one probability per
+        row and modality (how :class:`~medmix_sklearn.model_selection.ModalityAmputer`
+        makes missingness depend on a column, the label or the content; a
+        modality with probability 0 is never blanked and, when present, keeps
+        its row from being emptied).
     random_state : None, int, numpy Generator or RandomState, default=None
         Source of the draws. An int or None seeds ``np.random.default_rng``;
         a Generator is used (and advanced) as is.
@@ -369,11 +374,15 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
         keeps one of them, chosen at random, so every row keeps something to
         predict from (rows with nothing present stay as they are). When
         False, a row may lose every modality.
+    return_mask : bool, default=False
+        Also return which modalities were blanked.
 
     Returns
     -------
     X_blanked : same type as X
         A copy; a DataFrame keeps its index and columns.
+    blanked : ndarray of bool, shape (n_samples, n_groups)
+        Only with ``return_mask``: True where a present modality was blanked.
 
     Examples
     --------
@@ -383,8 +392,13 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
     >>> bool(np.isnan(Xb).all(axis=1).any())  # every row kept one modality
     False
     """
-    if not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
-        raise ValueError(f"rate must be a probability in [0, 1]. Got {rate!r} instead.")
+    if isinstance(rate, numbers.Real):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be a probability in [0, 1]. Got {rate!r} instead.")
+    else:
+        rate = np.asarray(rate, dtype=float)
+        if not ((rate >= 0.0) & (rate <= 1.0)).all():
+            raise ValueError("rate must hold probabilities in [0, 1]; some entries are outside.")
     is_frame = isinstance(X, pd.DataFrame)
     if groups is None:
         if not is_frame:
@@ -397,6 +411,14 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
     values = np.array(X.to_numpy() if is_frame else X, dtype=float, copy=True)
     rng = _generator(random_state)
     present = block_presence(values, cols_list)
+    if not isinstance(rate, numbers.Real):
+        try:
+            rate = np.broadcast_to(rate, present.shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"rate of shape {rate.shape} does not broadcast to (n_samples, n_groups) = "
+                f"{present.shape}. Give a float or one probability per row and modality."
+            ) from exc
     drop = present & (rng.random(present.shape) < rate)
     if keep_one:
         lost_all = present.any(axis=1) & ~(present & ~drop).any(axis=1)
@@ -404,9 +426,8 @@ def blank_modalities(X, groups=None, rate=0.5, random_state=None, *, keep_one=Tr
             drop[i, rng.choice(np.flatnonzero(present[i]))] = False
     for j, cols in enumerate(cols_list):
         values[np.ix_(drop[:, j], cols)] = np.nan
-    if is_frame:
-        return pd.DataFrame(values, index=X.index, columns=X.columns)
-    return values
+    out = pd.DataFrame(values, index=X.index, columns=X.columns) if is_frame else values
+    return (out, drop) if return_mask else out
 
 
 # --------------------------------------------------------------------------- #

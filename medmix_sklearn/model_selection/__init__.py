@@ -8,11 +8,23 @@ from .._missing import (
     subset_score,
 )
 from ._evaluation import default_baselines, evaluate_methods
+from ._robustness import (
+    ModalityAmputer,
+    ece_scorer,
+    expected_calibration_error,
+    plot_robustness_curves,
+    robustness_curve,
+)
 from ._scoring import PatternScorer, make_pattern_scorers, missingness_report
 from ._search import SearchPipeline, create_study, default_search_space
 from ._split import MissingnessStratifiedGroupKFold, MissingnessStratifiedKFold
 
 __all__ = [
+    "ModalityAmputer",
+    "ece_scorer",
+    "expected_calibration_error",
+    "plot_robustness_curves",
+    "robustness_curve",
     "MissingnessStratifiedGroupKFold",
     "MissingnessStratifiedKFold",
     "PatternScorer",
