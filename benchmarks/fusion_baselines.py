@@ -417,6 +417,7 @@ class _PublishedFusionClassifier(MedMIXClassifier):
     # and no class weights.
     teacher = None
     class_weight = None
+    pattern_prior = False
     _parameter_constraints: dict = {k: MedMIXClassifier._parameter_constraints[k] for k in _SHARED}
 
     def _network_spec(self):

@@ -379,3 +379,20 @@ def test_fit_does_not_depend_on_torch_global_rng():
     torch.manual_seed(7)
     b = MedMIXClassifier(**FAST).fit(X, y).predict_proba(X)
     np.testing.assert_array_equal(a, b)
+
+
+def test_pattern_prior_learns_label_dependent_missingness():
+    # The label is in the availability pattern only: class 1 rows lack "b".
+    rng = np.random.default_rng(0)
+    n = 300
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 4))
+    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
+    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
+    blocks = {"a": [0, 1], "b": [2, 3]}
+    clf = MedMIXClassifier(blocks=blocks, pattern_prior=True, random_state=0, max_epochs=40).fit(X, y)
+    proba = clf.predict_proba(X)[:, 1]
+    absent = np.isnan(X[:, 2])
+    # P(y=1 | b absent) = 0.8 / 0.9 ~ 0.89; P(y=1 | b present) = 0.2 / 1.1 ~ 0.18.
+    assert proba[absent].mean() > 0.7 and proba[~absent].mean() < 0.35
+    assert clf.net_.module_.pattern_logits.shape == (4, 2)

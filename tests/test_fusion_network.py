@@ -165,3 +165,34 @@ def test_invalid_configuration_messages():
         MedMIXNetwork(DIMS, MODALITY, NORM, 2, modality_fusion="max")
     with pytest.raises(ValueError, match="block_modality must cover"):
         MedMIXNetwork([3, 3], [0, 2], [True, True], 2)
+
+
+def test_pattern_prior_adds_one_bias_per_observed_pattern():
+    net = make_net(pattern_prior=True)
+    assert net.pattern_logits.shape == (2**3, 3)
+    x, mask = make_batch(n=32)
+    base = run(net, x, mask).logits
+    with torch.no_grad():
+        net.pattern_logits[0b011] += torch.tensor([1.0, -2.0, 0.5])  # modalities 0 and 1 present, 2 absent
+    shifted = run(net, x, mask).logits
+    mod_mask = run(net, x, mask).modality_mask.bool()
+    hit = mod_mask[:, 0] & mod_mask[:, 1] & ~mod_mask[:, 2]
+    assert hit.any() and (~hit).any()
+    torch.testing.assert_close(shifted[hit] - base[hit], torch.tensor([1.0, -2.0, 0.5]).expand(int(hit.sum()), 3))
+    torch.testing.assert_close(shifted[~hit], base[~hit])
+
+
+def test_pattern_prior_reads_the_pattern_before_modality_dropout():
+    net = make_net(pattern_prior=True, modality_dropout=0.9)
+    x, mask = make_batch(n=64, p_present=1.0)
+    with torch.no_grad():
+        net.pattern_logits[0b111, 0] = 100.0  # only the full pattern gets a huge class-0 bias
+    net.train()
+    with torch.no_grad():
+        logits = FusionOutput(*net(x, mask)).logits
+    assert (logits.argmax(dim=1) == 0).all()
+
+
+def test_pattern_prior_refuses_too_many_modalities():
+    with pytest.raises(ValueError, match="pattern_prior"):
+        MedMIXNetwork([1] * 13, list(range(13)), [False] * 13, n_classes=2, pattern_prior=True)

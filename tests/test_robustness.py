@@ -180,3 +180,14 @@ def test_plot_robustness_curves():
     ax = plot_robustness_curves(curves)
     assert [line.get_label() for line in ax.get_lines()] == ["logreg"]
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0.0, 0.5])
+
+
+def test_robustness_curve_several_mechanisms_share_the_fits():
+    X, y = _frame(200)
+    curve = robustness_curve(_model(), X, y, cv=3, mechanism=["mcar", "mnar"], probabilities=(0, 0.5),
+                             random_state=0)
+    assert list(curve.mechanism.unique()) == ["mcar", "mnar"]
+    zero = curve[curve.p == 0]
+    np.testing.assert_array_equal(zero[zero.mechanism == "mcar"]["score"], zero[zero.mechanism == "mnar"]["score"])
+    half = curve[curve.p == 0.5]
+    assert not np.array_equal(half[half.mechanism == "mcar"]["score"], half[half.mechanism == "mnar"]["score"])

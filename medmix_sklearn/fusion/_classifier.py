@@ -103,6 +103,14 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     aux_weight : float, default=0.3
         Weight of the auxiliary unimodal heads' loss, which trains each
         modality token to be predictive alone. 0 disables it.
+    pattern_prior : bool, default=False
+        Add a learned logit bias per availability pattern (the modalities
+        present in the row, as observed) to the prediction: the class prior
+        given the pattern, for data whose missingness depends on the label
+        (sicker patients get more examinations). The fused representation
+        sees the presence mask either way; this gives the pattern a direct
+        path to the logits that modality dropout does not blur. At most 12
+        modalities. ``benchmarks/bench_quality.py`` measures it.
     dropout : float, default=0.1
         Dropout on expert tokens and before the head.
     lr : float, default=1e-3
@@ -245,6 +253,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "modality_fusion": [StrOptions(set(MODALITY_FUSIONS))],
         "modality_dropout": [Interval(Real, 0, 1, closed="left")],
         "aux_weight": [Interval(Real, 0, None, closed="left")],
+        "pattern_prior": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -273,6 +282,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         modality_fusion="attention",
         modality_dropout=0.2,
         aux_weight=0.3,
+        pattern_prior=False,
         dropout=0.1,
         lr=1e-3,
         weight_decay=1e-4,
@@ -297,6 +307,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.modality_fusion = modality_fusion
         self.modality_dropout = modality_dropout
         self.aux_weight = aux_weight
+        self.pattern_prior = pattern_prior
         self.dropout = dropout
         self.lr = lr
         self.weight_decay = weight_decay
@@ -381,6 +392,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             )
         y_enc = self._encoder.transform(y)
         self._fit_preprocessing(X)
+        self._fit_pattern_prior(X, y_enc)
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.class_weight_ = self._class_weights(y_enc)
         dataset = self._dataset(X, y_enc, sample_weight)
@@ -469,6 +481,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         y_enc = self._encoder.transform(y)
         if first:
             self._fit_preprocessing(X)
+            self._fit_pattern_prior(X, y_enc)
             self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
             self.class_weight_ = self._class_weights(y_enc)
             self.net_ = self._build_net(None)
@@ -621,6 +634,28 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}."
             ) from exc
+
+    def _fit_pattern_prior(self, X: np.ndarray, y_enc: np.ndarray, smoothing: float = 10.0) -> None:
+        """Starting pattern biases: smoothed ``log p(class | pattern) - log p(class)``.
+
+        A pattern seen ``n`` times gets ``(n_c + s * p_c) / (n + s)`` with
+        ``s = smoothing``, so rare or unseen patterns start near no bias.
+        """
+        if not self.pattern_prior:
+            return
+        n_mod = len(self.modalities_)
+        if n_mod > MedMIXNetwork.max_pattern_modalities:
+            return  # the network raises with the explanation
+        block_mod = np.asarray(self.network_params_["block_modality"])
+        present = self._presence(X)
+        mod_present = np.stack([present[:, block_mod == j].any(axis=1) for j in range(n_mod)], axis=1)
+        code = mod_present.astype(np.int64) @ (2 ** np.arange(n_mod))
+        n_classes = len(self.classes_)
+        prior = (np.bincount(y_enc, minlength=n_classes) + 1.0) / (len(y_enc) + n_classes)
+        counts = np.zeros((2**n_mod, n_classes))
+        np.add.at(counts, (code, y_enc), 1.0)
+        smoothed = (counts + smoothing * prior) / (counts.sum(axis=1, keepdims=True) + smoothing)
+        self.network_params_["pattern_init"] = (np.log(smoothed) - np.log(prior)).tolist()
 
     def _presence(self, X: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """(n, n_blocks) bool: a block is present when any of its cells is not NaN.
@@ -852,6 +887,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             "modality_fusion": self.modality_fusion,
             "dropout": self.dropout,
             "modality_dropout": self.modality_dropout,
+            "pattern_prior": self.pattern_prior,
             **self.network_params_,
         }
         criterion_params = {

@@ -160,7 +160,18 @@ class MedMIXNetwork(nn.Module):
     modality_dropout : float
         Probability, in training, of dropping each present modality of a row;
         at least one present modality is always kept.
+    pattern_prior : bool
+        Add a learned logit bias per availability pattern (which modalities
+        are present, before modality dropout) to the head's logits: the
+        class prior given the pattern, for data where missingness depends on
+        the label. ``2**n_modalities`` entries, so at most 12 modalities.
+    pattern_init : array-like of shape (2**n_modalities, n_classes) or None
+        Starting values of the pattern biases (the classifier passes the
+        smoothed log-ratio of each pattern's class frequencies to the overall
+        ones, so the prior acts from the first epoch); None: zeros.
     """
+
+    max_pattern_modalities = 12
 
     def __init__(
         self,
@@ -173,6 +184,8 @@ class MedMIXNetwork(nn.Module):
         modality_fusion: str = "attention",
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
+        pattern_prior: bool = False,
+        pattern_init: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if expert_fusion not in EXPERT_FUSIONS:
@@ -221,6 +234,21 @@ class MedMIXNetwork(nn.Module):
                 nn.Linear(n_modalities * hidden_dim + n_modalities, hidden_dim), nn.GELU()
             )
         self.head = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        self.pattern_prior = bool(pattern_prior)
+        if self.pattern_prior:
+            if n_modalities > self.max_pattern_modalities:
+                raise ValueError(
+                    f"pattern_prior keeps one bias per availability pattern (2**n_modalities); got "
+                    f"{n_modalities} modalities, more than {self.max_pattern_modalities}. Set "
+                    "pattern_prior=False or group columns into fewer modalities."
+                )
+            # (2**M, C): row `code` is the logit bias of the pattern whose bit j
+            # says modality j is present.
+            init = torch.zeros(2**n_modalities, n_classes)
+            if pattern_init is not None:
+                init = torch.as_tensor(pattern_init, dtype=torch.float32).reshape(init.shape).clone()
+            self.pattern_logits = nn.Parameter(init)
+            self.register_buffer("pattern_bits", 2 ** torch.arange(n_modalities), persistent=False)
         # Auxiliary unimodal heads, all modalities at once: (M, h, C).
         self.aux_head_weight = nn.Parameter(torch.empty(n_modalities, hidden_dim, n_classes))
         self.aux_head_bias = nn.Parameter(torch.zeros(n_modalities, n_classes))
@@ -349,6 +377,11 @@ class MedMIXNetwork(nn.Module):
         fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
         norm, drop, linear = self.head
         logits = linear(dropout(norm(fused), drop.p, self.training, generator))
+        if self.pattern_prior:
+            # The observed pattern (before modality dropout): the prior given
+            # what is present is information, whatever dropout hides.
+            code = (mod_mask.long() * self.pattern_bits).sum(dim=1)
+            logits = logits + self.pattern_logits[code].to(logits.dtype)
         aux_logits = torch.einsum("nmh,mhc->nmc", mod_tokens, self.aux_head_weight) + self.aux_head_bias
         out = (logits, aux_logits, expert_weights, modality_weights, mod_mask.to(x.dtype))
         if return_tokens:

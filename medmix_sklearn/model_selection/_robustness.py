@@ -20,10 +20,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from .._layout import blocks_from_mapping
@@ -392,22 +393,61 @@ def _take(X, idx):
     return X.iloc[idx] if isinstance(X, pd.DataFrame) else X[idx]
 
 
-def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputer, n_repeats, seed, params):
+class _PredictOnce(ClassifierMixin, BaseEstimator):
+    """A fitted classifier whose predictions are computed once per input object.
+
+    Several scorers of one amputed test fold (AUROC, AUPRC, ECE) then share
+    one ``predict_proba`` call. The input is held, and matched by identity.
+    """
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    @property
+    def classes_(self):
+        return self.estimator.classes_
+
+    def _once(self, method: str, X):
+        memo = self.__dict__.setdefault("_memo", {})
+        if method in memo and memo[method][0] is X:
+            return memo[method][1]
+        value = getattr(self.estimator, method)(X)
+        memo[method] = (X, value)
+        return value
+
+    @available_if(lambda self: hasattr(self.estimator, "predict_proba"))
+    def predict_proba(self, X):
+        return self._once("predict_proba", X)
+
+    @available_if(lambda self: hasattr(self.estimator, "decision_function"))
+    def decision_function(self, X):
+        return self._once("decision_function", X)
+
+    def predict(self, X):
+        return self._once("predict", X)
+
+
+def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, n_repeats, seed, params):
     model = clone(estimator).fit(_take(X, train), y[train], **params)
+    if is_classifier(model):
+        model = _PredictOnce(model)
     X_test, y_test = _take(X, test), y[test]
     rows = []
-    for p in probabilities:
-        for repeat in range(n_repeats):
-            if p > 0:
-                amp = clone(amputer).set_params(
-                    p=float(p), random_state=int(np.random.SeedSequence([seed, fold, repeat, round(p * 1e6)])
-                                                 .generate_state(1)[0] % np.iinfo(np.int32).max))
-                X_p = amp.transform(X_test, y_test)
-            else:
-                X_p = X_test
-            for metric, scorer in scorers.items():
-                rows.append({"p": float(p), "repeat": repeat, "fold": fold, "metric": metric,
-                             "score": float(scorer(model, X_p, y_test))})
+    unamputed = None
+    for m, (name, amputer) in enumerate(amputers.items()):
+        for p in probabilities:
+            for repeat in range(n_repeats):
+                if p > 0:
+                    state = np.random.SeedSequence([seed, fold, m, repeat, round(p * 1e6)]).generate_state(1)[0]
+                    amp = clone(amputer).set_params(p=float(p), random_state=int(state % np.iinfo(np.int32).max))
+                    scores = {k: float(s(model, amp.transform(X_test, y_test), y_test)) for k, s in scorers.items()}
+                else:  # nothing blanked: every mechanism and repeat scores the same predictions
+                    if unamputed is None:
+                        unamputed = {k: float(s(model, X_test, y_test)) for k, s in scorers.items()}
+                    scores = unamputed
+                for metric, score in scores.items():
+                    rows.append({"mechanism": name, "p": float(p), "repeat": repeat, "fold": fold, "metric": metric,
+                                 "score": score})
     return rows
 
 
@@ -430,10 +470,11 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         amputer with ``blocks=`` as ``mechanism``.
     y : array-like of shape (n_samples,)
     probabilities : sequence of float, default=(0, 0.25, 0.5, 0.75)
-    mechanism : {"mcar", "mar", "mnar", "block"} or ModalityAmputer, default="mcar"
+    mechanism : {"mcar", "mar", "mnar", "block"}, ModalityAmputer or list, default="mcar"
         A name (the amputer's other parameters at their defaults) or a
         configured :class:`ModalityAmputer`, whose ``p`` and
-        ``random_state`` are set per draw.
+        ``random_state`` are set per draw. A list of them scores every
+        mechanism on the same fitted fold models.
     cv : int, cross-validation generator or iterable, default=5
         As for ``cross_val_score`` (an int: stratified folds for a classifier).
     scoring : str, callable, list or dict, default="roc_auc"
@@ -470,7 +511,10 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         raise ValueError(f"probabilities must lie in [0, 1]. Got {probabilities!r} instead.")
     if not isinstance(n_repeats, numbers.Integral) or n_repeats < 1:
         raise ValueError(f"n_repeats must be an integer >= 1. Got {n_repeats!r} instead.")
-    amputer = _amputer_for(mechanism)
+    mechanisms = list(mechanism) if isinstance(mechanism, (list, tuple)) else [mechanism]
+    if not mechanisms:
+        raise ValueError("mechanism names no mechanism.")
+    amputers = {_mechanism_name(m): _amputer_for(m) for m in mechanisms}
     single = isinstance(scoring, str) or callable(scoring) or scoring is None
     if single:
         scorers = {"score": check_scoring(estimator, scoring)}
@@ -478,19 +522,18 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         scorers = {str(k): check_scoring(estimator, v) for k, v in scoring.items()}
     else:
         scorers = {str(k): check_scoring(estimator, k) for k in scoring}
-    from sklearn.base import is_classifier
-
     splitter = check_cv(cv, y, classifier=is_classifier(estimator))
     seed = _seed(random_state)
     folds = list(splitter.split(X, y))
     results = Parallel(n_jobs=n_jobs)(
-        delayed(_fold)(estimator, X, y, train, test, k, scorers, probabilities, amputer, int(n_repeats), seed,
+        delayed(_fold)(estimator, X, y, train, test, k, scorers, probabilities, amputers, int(n_repeats), seed,
                        params or {})
         for k, (train, test) in enumerate(folds)
     )
     frame = pd.DataFrame([row for rows in results for row in rows])
-    frame.insert(0, "mechanism", _mechanism_name(mechanism))
-    frame = frame.sort_values(["p", "repeat", "fold"], kind="stable").reset_index(drop=True)
+    order = {name: i for i, name in enumerate(amputers)}
+    frame = frame.sort_values(["mechanism", "p", "repeat", "fold"], key=lambda c: c.map(order) if c.name ==
+                              "mechanism" else c, kind="stable").reset_index(drop=True)
     if single:
         frame = frame.drop(columns="metric")
         return frame[["mechanism", "p", "repeat", "fold", "score"]]
