@@ -200,3 +200,23 @@ def test_report_renders_in_headless_chromium(tmp_path, full_html):
     check, console = _render_in_chromium(broken, tmp_path / "bad")
     assert check == {"n": 6, "ok": 5}
     assert any("no_such_function" in line for line in console)
+
+
+def test_robustness_accepts_robustness_curve_output():
+    from medmix_sklearn.report._html import _robustness_table
+
+    def curve(scores):
+        rows = [{"mechanism": "mcar", "p": p, "repeat": 0, "fold": k, "score": s + 0.01 * k}
+                for p, s in scores.items() for k in range(2)]
+        return pd.DataFrame(rows)
+
+    table = _robustness_table({"MedMIX": curve({0.0: 0.9, 0.5: 0.8}), "HGB": curve({0.0: 0.85, 0.5: 0.7})})
+    assert list(table.columns) == ["MedMIX", "HGB"] and list(table.index) == [0.0, 0.5]
+    assert table.loc[0.5, "HGB"] == pytest.approx(0.705)  # the mean over folds
+    wide = pd.DataFrame({"MedMIX": [0.9, 0.8]}, index=[0.0, 0.5])
+    pd.testing.assert_frame_equal(_robustness_table(wide), wide)
+    html = render_report(y_true=[0, 1, 0, 1], proba={"m": np.array([0.2, 0.8, 0.4, 0.6])},
+                         robustness={"m": curve({0.0: 0.9, 0.25: 0.8})})
+    assert 'id="robustness"' in html and "0.805" in html
+    with pytest.raises(TypeError, match="robustness_curve"):
+        render_report(y_true=[0, 1], proba={"m": np.array([0.2, 0.8])}, robustness=[1, 2])

@@ -140,15 +140,10 @@ def _calibration(y, p, classes, n_bins: int):
     return _bins(p.max(axis=1), (classes[top] == y).astype(float), n_bins)
 
 
-def _ece(curve) -> float:
-    predicted, observed, counts = curve
-    if counts.sum() == 0:
-        return float("nan")
-    return float(np.sum(counts * np.abs(predicted - observed)) / counts.sum())
-
-
 def _metrics(y, methods, classes, n_bins: int) -> pd.DataFrame:
     from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, log_loss
+
+    from ..model_selection import expected_calibration_error
 
     rows = {}
     for method, p in methods.items():
@@ -160,11 +155,47 @@ def _metrics(y, methods, classes, n_bins: int) -> pd.DataFrame:
             row["Brier score"] = float(brier_score_loss(positive, p[:, 1]))
         row["accuracy"] = float(accuracy_score(y, predicted))
         row["log loss"] = _safe(log_loss, y, np.clip(p, 1e-15, 1.0), labels=classes)
-        row["ECE"] = _ece(_calibration(y, p, classes, n_bins))
+        row["ECE"] = expected_calibration_error(y, p, n_bins=n_bins, classes=classes)
         rows[method] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "method"
     return frame
+
+
+def _robustness_table(robustness) -> pd.DataFrame:
+    """Mean score per missing rate (index) and method (columns).
+
+    Takes that table as it is, or the long output of
+    :func:`~medmix_sklearn.model_selection.robustness_curve` (one frame, with
+    a ``method`` column or not, or ``{method: frame}``), averaged over folds
+    and repeats.
+    """
+    if isinstance(robustness, Mapping):
+        frames = []
+        for method, frame in robustness.items():
+            if not isinstance(frame, pd.DataFrame):
+                raise TypeError(f"robustness[{method!r}] must be a robustness_curve DataFrame. "
+                                f"Got {type(frame).__name__} instead.")
+            frames.append(frame.assign(method=str(method)))
+        robustness = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not isinstance(robustness, pd.DataFrame):
+        raise TypeError(
+            "robustness must be a DataFrame indexed by missing rate, one column per method, "
+            "or robustness_curve output (a frame or {method: frame}). "
+            f"Got {type(robustness).__name__} instead."
+        )
+    if not {"p", "score"} <= set(robustness.columns):
+        return robustness
+    long = robustness
+    if "metric" in long.columns:
+        long = long[long["metric"] == long["metric"].iloc[0]]
+    if "method" not in long.columns:
+        long = long.assign(method="score")
+    if "mechanism" in long.columns and long["mechanism"].nunique() > 1:
+        long = long.assign(method=long["method"].astype(str) + " (" + long["mechanism"].astype(str) + ")")
+    table = long.groupby(["p", "method"], sort=False)["score"].mean().unstack("method")
+    table.index.name = "missing rate"
+    return table
 
 
 def _roc_curves(y, methods, classes):
@@ -354,11 +385,8 @@ def render_report(
     weights = _check_frame(weights, "weights", n)
     if availability is not None:
         availability = availability.astype(bool)
-    if robustness is not None and not isinstance(robustness, pd.DataFrame):
-        raise TypeError(
-            "robustness must be a DataFrame indexed by missing rate, one column per "
-            f"method. Got {type(robustness).__name__} instead."
-        )
+    if robustness is not None:
+        robustness = _robustness_table(robustness)
     if model_card is not None and not isinstance(model_card, Mapping):
         raise TypeError(f"model_card must be a dict. Got {type(model_card).__name__} instead.")
     if not isinstance(n_bins, numbers.Integral) or n_bins < 2:
@@ -520,9 +548,11 @@ def write_report(
         The output of :meth:`MedMIXClassifier.explain` on the same rows:
         ``expert_weight__{modality}__{expert}`` and
         ``modality_weight__{modality}`` columns. Adds their distributions.
-    robustness : DataFrame, default=None
-        Score (AUROC) per missing rate (index) and method (columns). Adds a
-        plot of AUROC against the missing rate.
+    robustness : DataFrame or dict, default=None
+        Score (AUROC) per missing rate (index) and method (columns), or the
+        output of :func:`~medmix_sklearn.model_selection.robustness_curve`
+        (one frame with a ``method`` column, or ``{method: frame}``; the mean
+        over folds is shown). Adds a plot of AUROC against the missing rate.
     model_card : dict, default=None
         What the model is: experts with their fingerprints, data shape,
         missingness rates, parameters... Nested dicts and lists of dicts are
