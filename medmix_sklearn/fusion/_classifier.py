@@ -109,8 +109,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         given the pattern, for data whose missingness depends on the label
         (sicker patients get more examinations). The fused representation
         sees the presence mask either way; this gives the pattern a direct
-        path to the logits that modality dropout does not blur. At most 12
-        modalities. ``benchmarks/bench_quality.py`` measures it.
+        path to the logits that modality dropout does not blur (parameters
+        indexed by the observed combination, the idea of Flex-MoE's
+        missing-modality bank). The biases start at each pattern's smoothed
+        class log-ratio on the training rows. At most 12 modalities.
+        ``benchmarks/bench_quality.py`` measures it.
     dropout : float, default=0.1
         Dropout on expert tokens and before the head.
     lr : float, default=1e-3
