@@ -30,7 +30,8 @@ being NaN in all of its columns.
 What they share with MedMIX, so that a comparison measures the fusion and
 nothing else: the per-feature standardisation, one encoder per expert block
 (``LayerNorm -> Linear -> GELU -> Dropout``; no LayerNorm on tabular blocks),
-and the training loop itself: every class here subclasses
+and the training loop itself (every random draw from the estimator's own generator,
+as for MedMIX): every class here subclasses
 ``MedMIXClassifier`` and changes only its network (``_network_spec``), so the
 optimiser (AdamW), learning rate, batch size, epoch budget, stratified
 early-stopping split and patience are the same code and the same defaults.
@@ -58,6 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medmix_sklearn import MedMIXClassifier
+from medmix_sklearn.fusion._network import dropout as _dropout
 
 __all__ = [
     "DrFuseClassifier",
@@ -72,6 +74,17 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 # torch: a shared stem, and one fusion network per method
 # --------------------------------------------------------------------------- #
+def _normal_(tensor: torch.Tensor, generator: torch.Generator, std: float) -> None:
+    """Fill ``tensor`` with N(0, std**2) drawn from ``generator`` (on the CPU)."""
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+
+def _uniform_(tensor: torch.Tensor, generator: torch.Generator, bound: float) -> None:
+    with torch.no_grad():
+        tensor.copy_((torch.rand(tensor.shape, generator=generator) * 2 - 1) * bound)
+
+
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax over ``mask``; exactly 0 elsewhere and all 0 where nothing is true."""
     filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -89,24 +102,23 @@ class _Stem(nn.Module):
         super().__init__()
         self.block_dims = [int(d) for d in block_dims]
         self.n_modalities = max(block_modality) + 1
+        self.dropout = float(dropout)
         self.encoders = nn.ModuleList(
-            nn.Sequential(
-                nn.LayerNorm(d) if norm else nn.Identity(), nn.Linear(d, hidden_dim), nn.GELU(),
-                nn.Dropout(dropout),
-            )
+            nn.Sequential(nn.LayerNorm(d) if norm else nn.Identity(), nn.Linear(d, hidden_dim), nn.GELU())
             for d, norm in zip(self.block_dims, block_norm)
         )
         member = torch.zeros(len(self.block_dims), self.n_modalities)
         member[torch.arange(len(self.block_dims)), torch.as_tensor(list(block_modality))] = 1.0
         self.register_buffer("membership", member, persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
         mask = mask.bool()
         m = mask.to(x.dtype)
         tokens = []
         for b, xb in enumerate(torch.split(x, self.block_dims, dim=1)):
             present = m[:, b : b + 1]
-            tokens.append(self.encoders[b](xb * present) * present)
+            token = _dropout(self.encoders[b](xb * present), self.dropout, self.training, generator)
+            tokens.append(token * present)
         tokens = torch.stack(tokens, dim=1)  # (n, B, h)
         member = self.membership.to(x.dtype)
         counts = m @ member  # (n, M) experts present per modality
@@ -125,7 +137,12 @@ class _BaselineNetwork(nn.Module):
         self.n_modalities = self.stem.n_modalities
         self.n_classes = int(n_classes)
         self.hidden_dim = int(hidden_dim)
+        self.dropout = float(dropout)
         self._penalty: torch.Tensor | None = None
+
+    def _drop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Dropout whose mask comes from the training loop's generator."""
+        return _dropout(x, self.dropout, self.training, generator)
 
     def penalty(self) -> torch.Tensor | None:
         """The regulariser of the last training forward (None in evaluation), read once.
@@ -153,10 +170,17 @@ class MedFuseNetwork(_BaselineNetwork):
         super().__init__(block_dims, block_modality, block_norm, n_classes, hidden_dim, dropout)
         self.lstm = nn.LSTM(hidden_dim, hidden_dim, batch_first=True)
         self.null_token = nn.Parameter(torch.zeros(hidden_dim))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        self.head = nn.Linear(hidden_dim, n_classes)
 
-    def forward(self, x, mask):
-        tokens, mod_mask, expert_weights = self.stem(x, mask)
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_dim)
+        for param in self.lstm.parameters():
+            _uniform_(param, generator, bound)
+        with torch.no_grad():
+            self.null_token.zero_()
+
+    def forward(self, x, mask, generator=None):
+        tokens, mod_mask, expert_weights = self.stem(x, mask, generator)
         n, M, h = tokens.shape
         position = torch.arange(M, device=x.device)
         # Present modalities first, each group in modality order: absent ones
@@ -170,7 +194,7 @@ class MedFuseNetwork(_BaselineNetwork):
         # A unidirectional LSTM's output at step t reads steps <= t only: the
         # padding after the last present modality is never read.
         last = out.gather(1, (lengths.clamp_min(1) - 1).view(n, 1, 1).expand(-1, 1, h)).squeeze(1)
-        return self._output(self.head(last), mod_mask, expert_weights)
+        return self._output(self.head(self._drop(last, generator)), mod_mask, expert_weights)
 
 
 class _SparseExperts(nn.Module):
@@ -183,14 +207,22 @@ class _SparseExperts(nn.Module):
         self.b1 = nn.Parameter(torch.zeros(n_experts, inner))
         self.w2 = nn.Parameter(torch.randn(n_experts, inner, hidden_dim) / math.sqrt(inner))
         self.b2 = nn.Parameter(torch.zeros(n_experts, hidden_dim))
-        self.drop = nn.Dropout(dropout)
+        self.dropout = float(dropout)
         self.norm = nn.LayerNorm(hidden_dim)
 
-    def forward(self, tokens: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        _normal_(self.w1, generator, 1.0 / math.sqrt(self.w1.shape[1]))
+        _normal_(self.w2, generator, 1.0 / math.sqrt(self.w2.shape[1]))
+        with torch.no_grad():
+            self.b1.zero_()
+            self.b2.zero_()
+
+    def forward(self, tokens: torch.Tensor, gates: torch.Tensor, generator=None) -> torch.Tensor:
         # tokens (T, h), gates (T, E) with k non-zero entries per row. Every
         # expert runs densely (cheap at these sizes); zero gates drop them.
         hidden = F.gelu(torch.einsum("th,ehf->tef", tokens, self.w1) + self.b1)
-        out = torch.einsum("tef,efh->teh", self.drop(hidden), self.w2) + self.b2
+        hidden = _dropout(hidden, self.dropout, self.training, generator)
+        out = torch.einsum("tef,efh->teh", hidden, self.w2) + self.b2
         return self.norm(tokens + torch.einsum("te,teh->th", gates, out))
 
 
@@ -223,10 +255,15 @@ class FuseMoENetwork(_BaselineNetwork):
         self.modality_embedding = nn.Parameter(0.02 * torch.randn(M, hidden_dim))
         self.gate_centres = nn.Parameter(torch.randn(n_experts, hidden_dim) / math.sqrt(hidden_dim))
         self.experts = _SparseExperts(n_experts, hidden_dim, dropout)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        self.head = nn.Linear(hidden_dim, n_classes)
 
-    def forward(self, x, mask):
-        tokens, mod_mask, expert_weights = self.stem(x, mask)
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        _normal_(self.missing_embedding, generator, 0.02)
+        _normal_(self.modality_embedding, generator, 0.02)
+        _normal_(self.gate_centres, generator, 1.0 / math.sqrt(self.hidden_dim))
+
+    def forward(self, x, mask, generator=None):
+        tokens, mod_mask, expert_weights = self.stem(x, mask, generator)
         n, M, h = tokens.shape
         filled = torch.where(mod_mask.unsqueeze(2), tokens, self.missing_embedding.unsqueeze(0).to(tokens.dtype))
         flat = (filled + self.modality_embedding.to(tokens.dtype)).reshape(n * M, h)
@@ -235,7 +272,7 @@ class FuseMoENetwork(_BaselineNetwork):
         sq = (flat.unsqueeze(1) - self.gate_centres.to(flat.dtype).unsqueeze(0)).pow(2).sum(dim=2)
         logits_gate = -torch.sqrt(sq + 1e-6)
         gates = _top_k_gates(logits_gate, self.top_k)
-        mixed = self.experts(flat, gates).reshape(n, M, h)
+        mixed = self.experts(flat, gates, generator).reshape(n, M, h)
         if self.training and self.balance_weight > 0:
             # Switch-style balance: n_experts * sum_e (share routed to e) * (mean gate prob of e).
             routed = (gates > 0).to(flat.dtype).mean(dim=0) / self.top_k
@@ -243,7 +280,7 @@ class FuseMoENetwork(_BaselineNetwork):
             self._penalty = self.balance_weight * gates.shape[1] * (routed * prob).sum()
         else:
             self._penalty = None
-        return self._output(self.head(mixed.mean(dim=1)), mod_mask, expert_weights)
+        return self._output(self.head(self._drop(mixed.mean(dim=1), generator)), mod_mask, expert_weights)
 
 
 class FlexMoENetwork(_BaselineNetwork):
@@ -268,10 +305,14 @@ class FlexMoENetwork(_BaselineNetwork):
         self.register_buffer("bits", 2 ** torch.arange(M), persistent=False)
         self.router = nn.Linear(hidden_dim, self.n_experts)
         self.experts = _SparseExperts(self.n_experts, hidden_dim, dropout)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+        self.head = nn.Linear(hidden_dim, n_classes)
 
-    def forward(self, x, mask):
-        tokens, mod_mask, expert_weights = self.stem(x, mask)
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        _normal_(self.bank, generator, 0.02)
+        _normal_(self.modality_embedding, generator, 0.02)
+
+    def forward(self, x, mask, generator=None):
+        tokens, mod_mask, expert_weights = self.stem(x, mask, generator)
         n, M, h = tokens.shape
         combination = (mod_mask.long() * self.bits).sum(dim=1)  # (n,) observed combination
         filled = torch.where(mod_mask.unsqueeze(2), tokens, self.bank[combination].to(tokens.dtype))
@@ -280,14 +321,14 @@ class FlexMoENetwork(_BaselineNetwork):
         specialist = (combination % self.n_experts).repeat_interleave(M)  # (n * M,)
         forced = specialist if self.training else None
         gates = _top_k_gates(logits_route, self.top_k, forced=forced)
-        mixed = self.experts(flat, gates).reshape(n, M, h)
+        mixed = self.experts(flat, gates, generator).reshape(n, M, h)
         if self.training and self.specialise_weight > 0:
             # The router learns to send a combination to its specialist, which
             # it must pick on its own at prediction time.
             self._penalty = self.specialise_weight * F.cross_entropy(logits_route, specialist)
         else:
             self._penalty = None
-        return self._output(self.head(mixed.mean(dim=1)), mod_mask, expert_weights)
+        return self._output(self.head(self._drop(mixed.mean(dim=1), generator)), mod_mask, expert_weights)
 
 
 class ShaSpecNetwork(_BaselineNetwork):
@@ -304,10 +345,10 @@ class ShaSpecNetwork(_BaselineNetwork):
             nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU()) for _ in range(M)
         )
         self.domain_classifier = nn.Linear(hidden_dim, M)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(M * hidden_dim, n_classes))
+        self.head = nn.Linear(M * hidden_dim, n_classes)
 
-    def forward(self, x, mask):
-        tokens, mod_mask, expert_weights = self.stem(x, mask)
+    def forward(self, x, mask, generator=None):
+        tokens, mod_mask, expert_weights = self.stem(x, mask, generator)
         n, M, h = tokens.shape
         m = mod_mask.to(tokens.dtype).unsqueeze(2)  # (n, M, 1)
         shared = self.shared(tokens) * m
@@ -316,7 +357,7 @@ class ShaSpecNetwork(_BaselineNetwork):
         # Present: shared + specific; absent: the mean shared feature of the
         # present ones (0 when none is present: the head's bias, the prior).
         features = torch.where(mod_mask.unsqueeze(2), shared + specific, mean_shared.unsqueeze(1))
-        logits = self.head(features.flatten(1))
+        logits = self.head(self._drop(features.flatten(1), generator))
         if self.training:
             rows, cols = torch.nonzero(mod_mask, as_tuple=True)
             penalty = logits.new_zeros(())
@@ -352,10 +393,16 @@ class DrFuseNetwork(_BaselineNetwork):
         self.rep_type = nn.Parameter(0.02 * torch.randn(M + 1, hidden_dim))
         self.attention = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, n_classes))
         self.prior = nn.Parameter(torch.zeros(n_classes))
-        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask):
-        tokens, mod_mask, expert_weights = self.stem(x, mask)
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        _normal_(self.rep_heads_weight, generator, 1.0 / math.sqrt(self.hidden_dim))
+        _normal_(self.rep_type, generator, 0.02)
+        with torch.no_grad():
+            self.rep_heads_bias.zero_()
+            self.prior.zero_()
+
+    def forward(self, x, mask, generator=None):
+        tokens, mod_mask, expert_weights = self.stem(x, mask, generator)
         n, M, h = tokens.shape
         m = mod_mask.to(tokens.dtype).unsqueeze(2)
         shared = self.shared(tokens) * m
@@ -363,7 +410,8 @@ class DrFuseNetwork(_BaselineNetwork):
         mean_shared = shared.sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
         reps = torch.cat([mean_shared.unsqueeze(1), distinct], dim=1)  # (n, M + 1, h)
         rep_mask = torch.cat([mod_mask.any(dim=1, keepdim=True), mod_mask], dim=1)
-        rep_logits = torch.einsum("nrh,rhc->nrc", self.drop(reps), self.rep_heads_weight) + self.rep_heads_bias
+        rep_logits = torch.einsum("nrh,rhc->nrc", self._drop(reps, generator), self.rep_heads_weight)
+        rep_logits = rep_logits + self.rep_heads_bias
         scores = self.attention(reps + self.rep_type.to(reps.dtype))  # (n, M + 1, C)
         weights = _masked_softmax(scores, rep_mask.unsqueeze(2).expand_as(scores), dim=1)
         logits = (weights * rep_logits).sum(dim=1)

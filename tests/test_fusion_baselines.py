@@ -204,3 +204,13 @@ def test_published_baselines_share_medmix_training_defaults():
         for key in ("hidden_dim", "lr", "weight_decay", "batch_size", "max_epochs", "early_stopping",
                     "validation_fraction", "patience", "dropout"):
             assert params[key] == medmix[key], (cls.__name__, key)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_BASELINES))
+def test_fit_draws_only_from_the_estimators_generator(name):
+    X, y = _blocks_data(n=80)
+    torch.manual_seed(1)
+    a = PUBLISHED_BASELINES[name](**FAST).fit(X, y).predict_proba(X)
+    torch.manual_seed(2)
+    b = PUBLISHED_BASELINES[name](**FAST).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
