@@ -490,6 +490,9 @@ def report(doc: dict, out: str) -> str:
     if meta["quick"]:
         lines += ["> **QUICK RUN** (`--quick`: small data, 3 folds x 1 seed). Smoke-test figures, "
                   "not the benchmark's results.", ""]
+    if meta.get("pending"):
+        lines += [f"> **Partial run**: not yet evaluated when this page was written: {', '.join(meta['pending'])}.",
+                  ""]
     lines += [
         f"- Command: `{meta['command']}`",
         f"- Date: {meta['date']}; wall time {meta['wall_seconds'] / 60:.1f} min "
@@ -622,6 +625,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     results = {}
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    order = {name: i for i, name in enumerate(("gen_label", "gen_random", "openi_hard", "openi"))}
+    datasets.sort(key=lambda d: order.get(d.name, len(order)))
     for data in datasets:
         t0 = time.perf_counter()
         frame = evaluate(data, settings, args.n_jobs, args.ablations)
@@ -631,8 +637,14 @@ def main(argv=None) -> dict:
         print(f"[{time.perf_counter() - start:7.1f}s] {data.name} done in {time.perf_counter() - t0:.0f}s: "
               + ", ".join(f"{k} {_cell(v, 'mcar', 'auroc', 0.0)['mean']:.3f}" for k, v in summary.items()),
               flush=True)
+        # Written after every data set, so a run cut short leaves its finished part.
+        doc = _write(results, args, settings, machine, embed_seconds, start, argv_text, out,
+                     pending=[d.name for d in datasets if d.name not in results])
+    print(f"wrote {out}/quality.json, quality.md and plots in {doc['meta']['wall_seconds'] / 60:.1f} min")
+    return doc
 
-    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+
+def _write(results, args, settings, machine, embed_seconds, start, argv_text, out, pending) -> dict:
     doc = {
         "meta": {
             "command": f".venv/bin/python benchmarks/bench_quality.py {argv_text}".strip(),
@@ -645,6 +657,7 @@ def main(argv=None) -> dict:
             "n_jobs": args.n_jobs,
             "embed_seconds": embed_seconds,
             "wall_seconds": time.perf_counter() - start,
+            "pending": pending,
         },
         "results": results,
     }
@@ -656,7 +669,6 @@ def main(argv=None) -> dict:
     with open(os.path.join(out, "quality.json"), "w") as fh:
         json.dump(serialisable, fh, indent=1)
     report(doc, out)
-    print(f"wrote {out}/quality.json, quality.md and plots in {doc['meta']['wall_seconds'] / 60:.1f} min")
     return doc
 
 
