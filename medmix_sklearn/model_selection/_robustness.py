@@ -5,7 +5,7 @@ of a modality set to NaN, the block layout's meaning of "absent") by a named
 mechanism; :func:`robustness_curve` fits an estimator on each training fold as
 it is and scores each test fold amputed at each probability;
 :func:`plot_robustness_curves` draws the curves of several estimators;
-:func:`expected_calibration_error` and :data:`ece_scorer` measure whether the
+:func:`expected_calibration_error` and :func:`ece_scorer` measure whether the
 probabilities stay honest while modalities go missing.
 
 The blanking itself is :func:`medmix_sklearn._missing.blank_modalities` (the
@@ -479,7 +479,7 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         As for ``cross_val_score`` (an int: stratified folds for a classifier).
     scoring : str, callable, list or dict, default="roc_auc"
         One scorer, or several (a list of names or a dict ``{name: scorer}``):
-        the frame then has a ``metric`` column. :data:`ece_scorer` gives
+        the frame then has a ``metric`` column. :func:`ece_scorer` gives
         minus the ECE.
     n_repeats : int, default=1
         Independent amputations per fold and probability (the fitted fold
