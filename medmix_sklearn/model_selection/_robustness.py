@@ -181,6 +181,12 @@ class ModalityAmputer(BaseEstimator):
         return self
 
     def fit_transform(self, X, y=None):
+        """:meth:`fit`, then :meth:`transform` (``y`` is used by ``"mnar"`` by label).
+
+        Returns
+        -------
+        X_amputed : same type as X
+        """
         return self.fit(X, y).transform(X, y)
 
     def transform(self, X, y=None):
