@@ -1,10 +1,11 @@
 """medmix_sklearn: multimodal clinical prediction with missing modalities.
 
 Foundation-model experts embed each modality (:class:`ImageExpert`,
-:class:`TextExpert`); :class:`MultimodalExpertEmbedder` turns a clinical
-DataFrame into a block-structured embedding matrix with NaN blocks for absent
-modalities; :class:`MedMIXClassifier` fuses experts and modalities with learned,
-per-sample weights.
+:class:`TextExpert`, :class:`HFImageExpert`, the CLIP towers, and
+:class:`VolumeExpert` for CT and MRI); :class:`MultimodalExpertEmbedder` turns a
+clinical DataFrame into a block-structured embedding matrix with NaN blocks for
+absent modalities; :class:`MedMIXClassifier` fuses experts and modalities with
+learned, per-sample weights.
 
 ``import medmix_sklearn`` is light: the public names below are imported from
 their subpackage on first use (module-level ``__getattr__``), so torch, skorch
@@ -18,11 +19,15 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
+    "CLIPImageExpert": ".experts",
+    "CLIPTextExpert": ".experts",
     "EmbeddingCache": ".embedding",
+    "HFImageExpert": ".experts",
     "ImageExpert": ".experts",
     "MedMIXClassifier": ".fusion",
     "MultimodalExpertEmbedder": ".embedding",
     "TextExpert": ".experts",
+    "VolumeExpert": ".experts",
     "describe_model": "._provenance",
     "list_presets": ".experts",
     "load_model": "._provenance",
@@ -31,11 +36,15 @@ _LAZY = {
 }
 
 __all__ = [
+    "CLIPImageExpert",
+    "CLIPTextExpert",
     "EmbeddingCache",
+    "HFImageExpert",
     "ImageExpert",
     "MedMIXClassifier",
     "MultimodalExpertEmbedder",
     "TextExpert",
+    "VolumeExpert",
     "__version__",
     "describe_model",
     "list_presets",
@@ -47,7 +56,15 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._provenance import describe_model, load_model, save_model
     from .embedding import EmbeddingCache, MultimodalExpertEmbedder
-    from .experts import ImageExpert, TextExpert, list_presets
+    from .experts import (
+        CLIPImageExpert,
+        CLIPTextExpert,
+        HFImageExpert,
+        ImageExpert,
+        TextExpert,
+        VolumeExpert,
+        list_presets,
+    )
     from .fusion import MedMIXClassifier
     from .report import write_report
 

@@ -1,10 +1,11 @@
 """scikit-learn's estimator checks, over every estimator of the package.
 
 Each expected failure is named with its reason. The experts (``ImageExpert``,
-``TextExpert``) are not here: they are frozen models passed as parameters, with
+``TextExpert``, ``HFImageExpert``, ``CLIPImageExpert``, ``CLIPTextExpert``,
+``VolumeExpert``) are not here: they are frozen models passed as parameters, with
 no ``fit``, ``predict`` or ``transform``; they subclass ``BaseEstimator`` only
-for ``get_params``, ``clone`` and ``repr``, which ``tests/test_experts.py``
-covers.
+for ``get_params``, ``clone`` and ``repr``, which ``tests/test_experts.py``,
+``tests/test_hf_clip_experts.py`` and ``tests/test_volumes.py`` cover.
 """
 
 import pytest

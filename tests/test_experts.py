@@ -481,7 +481,7 @@ def test_registry_lists_presets():
     assert list_presets("image") == [f"efficientnet_lite{n}" for n in range(3)]
     assert list_presets("text") == ["all-MiniLM-L6-v2"]
     assert get_preset("sentence-transformers/all-MiniLM-L6-v2").name == "all-MiniLM-L6-v2"
-    with pytest.raises(ValueError, match="'image', 'text' or None"):
+    with pytest.raises(ValueError, match="'image', 'text', 'volume' or None"):
         list_presets("audio")
 
 

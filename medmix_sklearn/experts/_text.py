@@ -14,31 +14,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import ExpertNotFoundError, ItemReadError
 from ._base import BaseExpert
-from ._io import file_sha256
-from ._registry import find_preset, list_presets, not_found_message
+from ._hub import directory_hashes, resolve_directory
+from ._registry import find_preset, list_presets
 
 __all__ = ["TextExpert"]
 
 logger = logging.getLogger(__name__)
-
-# Files whose bytes determine the embedding: weights, model config, tokenizer.
-_HASHED_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
-_WEIGHT_PREFIXES = ("model", "pytorch_model")
-_HUB_PATTERNS = [*_HASHED_FILES, "*.safetensors", "pytorch_model*.bin", "*.index.json"]
-
 
 @functools.cache
 def _hidden_size(directory: str, mtime_ns: int, size: int) -> int:
@@ -56,22 +37,20 @@ def _hidden_size(directory: str, mtime_ns: int, size: int) -> int:
     )
 
 
-def _offline() -> bool:
-    # Not huggingface_hub.constants.HF_HUB_OFFLINE (or is_offline_mode()): that is read
-    # once, when huggingface_hub is imported, so setting HF_HUB_OFFLINE later (in a
-    # notebook, or a test's monkeypatch) would be missed; this reads it at call time.
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+def read_text(item) -> str:
+    """The text, stripped of surrounding whitespace; ItemReadError for a non-text."""
+    if not isinstance(item, str):
+        raise ItemReadError(
+            f"Cannot read a text from an object of type {type(item).__name__} "
+            f"({item!r:.80}): expected a str."
+        )
+    return item.strip()
 
 
-def _weight_files(directory: str) -> list[str]:
-    return sorted(
-        f
-        for f in os.listdir(directory)
-        if f.startswith(_WEIGHT_PREFIXES) and f.endswith(_WEIGHT_SUFFIXES)
-    )
+def text_content_key(item) -> str:
+    """sha256 of the stripped text's UTF-8 bytes."""
+    text = read_text(item)
+    return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
 
 
 class _LoadedTextModel:
@@ -156,47 +135,18 @@ class TextExpert(BaseExpert):
                     f"{', '.join(list_presets('text'))}."
                 )
             return f"preset:{preset.name}", preset.path()
-        if os.path.isdir(model):
-            return "local-directory", os.path.abspath(model)
         hint = (
             "Pass a local model directory, an offline preset "
             f"({', '.join(list_presets('text'))}), or a Hugging Face model id"
         )
-        if os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1:
-            raise ExpertNotFoundError(f"Text model directory {model!r} does not exist. {hint}.")
-        from huggingface_hub import snapshot_download
-
-        try:
-            return f"hub:{model}", snapshot_download(model, local_files_only=True)
-        except Exception as local_exc:
-            if _offline():
-                raise ExpertNotFoundError(
-                    not_found_message(
-                        "text model",
-                        model,
-                        list_presets("text"),
-                        f"It is not in the local Hugging Face cache and downloads are "
-                        f"off (HF_HUB_OFFLINE is set). {hint} that is cached.",
-                    )
-                ) from local_exc
-        try:
-            return f"hub:{model}", snapshot_download(model, allow_patterns=_HUB_PATTERNS)
-        except Exception as exc:
-            raise ExpertNotFoundError(
-                not_found_message("text model", model, list_presets("text"), f"{hint}. ({exc})")
-            ) from exc
+        return resolve_directory(
+            model, what="text model", hint=hint, candidates=list_presets("text")
+        )
 
     # -- identity -------------------------------------------------------------------
     def _fingerprint_parts(self) -> dict:
         source, directory = self._source()
-        weights = _weight_files(directory)
-        if not weights:
-            raise ValueError(
-                f"The text model directory {directory!r} holds no weights file "
-                "(model.safetensors or pytorch_model.bin)."
-            )
-        files = [f for f in _HASHED_FILES if os.path.isfile(os.path.join(directory, f))]
-        hashes = [(f, file_sha256(os.path.join(directory, f))) for f in sorted(files + weights)]
+        hashes = directory_hashes(directory)
         return {
             "model": source,
             "files": hashes,
@@ -215,17 +165,11 @@ class TextExpert(BaseExpert):
     # -- items ----------------------------------------------------------------------
     def read(self, item) -> str:
         """The text, stripped of surrounding whitespace."""
-        if not isinstance(item, str):
-            raise ItemReadError(
-                f"Cannot read a text from an object of type {type(item).__name__} "
-                f"({item!r:.80}): expected a str."
-            )
-        return item.strip()
+        return read_text(item)
 
     def content_key(self, item) -> str:
         """sha256 of the stripped text's UTF-8 bytes."""
-        text = self.read(item)
-        return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
+        return text_content_key(item)
 
     # -- model ----------------------------------------------------------------------
     def _load(self, device: str) -> _LoadedTextModel:
