@@ -231,6 +231,13 @@ def _first_number(value, default: float) -> float:
     return number if np.isfinite(number) else default
 
 
+def _matrix_size(ds) -> tuple[int, int]:
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return (0, 0)
+
+
 def _read_dicom_series(folder: str, *, what: str) -> Volume:
     pydicom = _import_pydicom()
     files = series_files(folder)
@@ -268,7 +275,7 @@ def _read_dicom_series(folder: str, *, what: str) -> Volume:
         )
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
-    shape = (int(first.Rows), int(first.Columns))
+    shape = _matrix_size(first)
     placed = []
     for path, ds in slices:
         position = _floats(getattr(ds, "ImagePositionPatient", None), 3)
@@ -283,10 +290,11 @@ def _read_dicom_series(folder: str, *, what: str) -> Volume:
                 f"Cannot read {what}: {path!r} is oriented differently from "
                 f"{first_path!r}; a series folder must hold parallel slices."
             )
-        if (int(ds.Rows), int(ds.Columns)) != shape:
+        size = _matrix_size(ds)
+        if size != shape:
             raise ItemReadError(
-                f"Cannot read {what}: {path!r} is {int(ds.Rows)}x{int(ds.Columns)} "
-                f"pixels but {first_path!r} is {shape[0]}x{shape[1]}."
+                f"Cannot read {what}: {path!r} is {size[0]}x{size[1]} pixels but "
+                f"{first_path!r} is {shape[0]}x{shape[1]}."
             )
         placed.append((float(position @ normal), position, path, ds))
     placed.sort(key=lambda entry: entry[0])
