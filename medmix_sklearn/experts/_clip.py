@@ -171,6 +171,9 @@ class _CLIPTower(BaseExpert):
     @property
     def output_dim(self) -> int:
         """Width of the shared image-text space (the projection), from the config."""
+        return self._projection_dim()
+
+    def _projection_dim(self) -> int:
         source = self._resolve()
         if source.backend == "transformers":
             with open(os.path.join(source.directory, "config.json"), encoding="utf-8") as fh:
@@ -321,6 +324,11 @@ class CLIPImageExpert(_CLIPTower):
         self.normalize = normalize
         self.name = name
 
+    @property
+    def output_dim(self) -> int:
+        """Width of the shared image-text space (the projection), from the config."""
+        return self._projection_dim()
+
     def content_key(self, item) -> str:
         """Hex digest of the image's content (file bytes, array or pixels)."""
         return image_content_key(item)
@@ -453,6 +461,11 @@ class CLIPTextExpert(_CLIPTower):
         self.pretrained = pretrained
         self.normalize = normalize
         self.name = name
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the shared image-text space (the projection), from the config."""
+        return self._projection_dim()
 
     def read(self, item) -> str:
         """The text, stripped of surrounding whitespace."""
