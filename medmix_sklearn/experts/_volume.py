@@ -370,16 +370,21 @@ class VolumeExpert(BaseExpert):
         )
         return parts
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, device: str = "cpu") -> str:
         """Hex digest identifying this expert's embeddings, for the cache.
 
         The 2.5-D form combines the volume preprocessing with the 2-D expert's
         own fingerprint (asked afresh, so a change to the 2-D expert shows).
         Never loads a model.
+
+        Parameters
+        ----------
+        device : str, default="cpu"
+            The torch device the embeddings are computed on.
         """
-        own = super().fingerprint()
+        own = super().fingerprint(device)
         if isinstance(self.model, BaseExpert):
-            inner = self.model.fingerprint()
+            inner = self.model.fingerprint(device)
             return hashlib.sha256(f"{own}\0{inner}".encode()).hexdigest()
         return own
 
