@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from conftest import _VOCAB_WORDS
 
 from medmix_sklearn.embedding import MultimodalExpertEmbedder

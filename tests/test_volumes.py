@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from _volumes import write_dicom_series, write_nifti
 
 from medmix_sklearn.datasets import make_phantom_volume
