@@ -18,7 +18,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from _helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from fusion_baselines import (
     PUBLISHED_BASELINES,
     DrFuseNetwork,
@@ -71,7 +70,7 @@ def _blocks_data(n=160, seed=0):
 def test_baseline_learns_reads_layout_and_handles_empty_rows(name):
     X, y = _blocks_data()
     clf = PUBLISHED_BASELINES[name](random_state=0, max_epochs=30).fit(X, y)
-    assert clf.modalities_ == ["img", "txt", "labs"]
+    assert clf.modality_names_ == ["img", "txt", "labs"]
     assert [b.expert for b in clf.blocks_] == ["e1", "e2", "e", "tabular"]
     proba = clf.predict_proba(X)
     assert proba.shape == (len(X), 2) and np.isfinite(proba).all()

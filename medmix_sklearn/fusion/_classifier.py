@@ -646,7 +646,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """
         if not self.pattern_prior:
             return
-        n_mod = len(self.modalities_)
+        n_mod = len(self.modality_names_)
         if n_mod > MedMIXNetwork.max_pattern_modalities:
             return  # the network raises with the explanation
         block_mod = np.asarray(self.network_params_["block_modality"])
