@@ -13,7 +13,7 @@ from medmix_sklearn._provenance import load_model
 from medmix_sklearn.cli import main
 from medmix_sklearn.datasets import make_multimodal_classification
 
-SUBCOMMANDS = ["demo", "fit", "predict", "cv", "tune", "embed", "info"]
+SUBCOMMANDS = ["demo", "fit", "predict", "cv", "tune", "embed", "cache", "info"]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,37 @@ def test_cv_tune_and_embed(table, cache, tiny_text_model_dir, tmp_path, capsys):
     assert embedded.shape[0] == 32
     assert "xray__test_efficientnet__255" in embedded.columns
     assert cache in capsys.readouterr().out
+
+
+def test_embed_on_a_scheduler_then_cache_info_and_prune(
+    table, model_file, tiny_text_model_dir, tmp_path, capsys
+):
+    distributed = pytest.importorskip("distributed")
+    path, _ = table
+    cache = str(tmp_path / "sched_cache")
+    args = _modality_args(tiny_text_model_dir, cache)
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, dashboard_address=None
+    ) as cluster:
+        assert main(["embed", "--data", str(path), "--scheduler", cluster.scheduler_address,
+                     "--partitions", "2", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "items embedded on 1 worker(s), 0 already cached, 0 unreadable" in printed
+
+    assert main(["cache", "info", "--cache-dir", cache, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["experts"]) == 2 and all(e["entries"] > 0 for e in info["experts"])
+    assert main(["cache", "info", "--cache-dir", cache]) == 0
+    assert "entries" in capsys.readouterr().out
+    # The saved model was fitted with the same experts: nothing to prune.
+    assert main(["cache", "prune", "--cache-dir", cache, "--keep-model", str(model_file),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["experts_removed"] == []
+    keep = info["experts"][0]["fingerprint"]
+    assert main(["cache", "prune", "--cache-dir", cache, "--keep", keep]) == 0
+    assert "1 expert folder(s)" in capsys.readouterr().out
+    _fail(capsys, ["embed", "--data", str(path), "--scheduler", "tcp://127.0.0.1:1",
+                   "--resources", "GPU", *args], 2)
 
 
 def test_demo_tiny(tmp_path, tiny_text_model_dir, capsys):

@@ -213,7 +213,9 @@ def test_cli_page_covers_every_command_and_option():
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subparsers.choices) == {"demo", "fit", "predict", "cv", "tune", "embed", "info"}
+    assert set(subparsers.choices) == {
+        "demo", "fit", "predict", "cv", "tune", "embed", "cache", "info"
+    }
     missing = []
     for command, sub in subparsers.choices.items():
         if f"`medmix {command}`" not in text:

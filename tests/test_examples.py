@@ -72,7 +72,7 @@ def test_pipeline_cross_val(tmp_path, tiny_text_model_dir):
     # Demographics are always present, so every row has something to weigh.
     np.testing.assert_allclose(modality.sum(axis=1), 1.0, atol=1e-5)
     # The embedding cache was used: entries exist for the image expert.
-    assert any((tmp_path / "cache").rglob("*.emb"))
+    assert any((tmp_path / "cache").rglob("*.seg"))
 
 
 @pytest.mark.parametrize("route", ["matrix", "pipeline"])

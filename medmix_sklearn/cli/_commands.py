@@ -1,4 +1,4 @@
-"""The subcommands fit, predict, cv, tune, embed and info."""
+"""The subcommands fit, predict, cv, tune, embed, cache and info."""
 
 from __future__ import annotations
 
@@ -236,6 +236,15 @@ def cmd_tune(args) -> int:
 
 def cmd_embed(args) -> int:
     config, frame, _, modalities, teachers = _prepare(args)
+    if getattr(args, "scheduler", None):
+        summary = _fill_on_scheduler(args, config, frame, modalities, teachers)
+        print(
+            f"{summary['embedded']} items embedded on {summary['workers']} worker(s), "
+            f"{summary['hits']} already cached, {summary['failures']} unreadable, in "
+            f"{summary['seconds']:.1f} s"
+        )
+        if not args.out:
+            return 0
     embedder, X = _embed_all(args, config, frame, modalities, teachers)
     if args.out:
         write_table(X, args.out)
@@ -245,6 +254,98 @@ def cmd_embed(args) -> int:
     where = resolve_cache_dir(embedder.cache_dir)
     print(f"embedded {len(frame)} rows; cache: {where}")
     return 0
+
+
+def _fill_on_scheduler(args, config, frame, modalities, teachers) -> dict:
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise CLIError(
+            "--scheduler needs dask.distributed: pip install 'medmix_sklearn[dask]'."
+        ) from exc
+    resources = None
+    if args.resources:
+        resources = {}
+        for part in args.resources.split(","):
+            name, sep, amount = part.partition("=")
+            try:
+                resources[name.strip()] = float(amount)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip():
+                raise CLIError(
+                    f"--resources must look like NAME=N[,NAME=N] (e.g. GPU=1). Got "
+                    f"{args.resources!r}."
+                ) from None
+    embedder = _embedder(args, modalities, teachers, config)
+    with Client(args.scheduler) as client:
+        return embedder.fill_cache(
+            frame, client=client, partitions=args.partitions, resources=resources
+        )
+
+
+def cmd_cache(args) -> int:
+    from ..embedding import EmbeddingCache, resolve_cache_dir
+
+    where = args.cache_dir
+    cache = EmbeddingCache(resolve_cache_dir("auto" if where is None else where))
+    if args.action == "info":
+        info = cache.info()
+        if args.json:
+            print(json.dumps(info, indent=2, default=_json_value))
+            return 0
+        print(f"cache {info['directory']}: {info['files']} files, {_size(info['bytes'])}")
+        for expert in info["experts"]:
+            label = expert.get("expert", "?")
+            print(
+                f"  {expert['folder']}  {label:<24} {expert['entries']:>10} entries  "
+                f"{_size(expert['bytes']):>9}  {expert['files']} files"
+            )
+        records = info["file_records"]
+        print(f"  file records: {records['entries']} entries, {_size(records['bytes'])}")
+        if info["format1"]["entries"]:
+            print(
+                f"  format-1 entries: {info['format1']['entries']} "
+                f"({_size(info['format1']['bytes'])}); `medmix cache migrate` moves them"
+            )
+        return 0
+    if args.action == "migrate":
+        print(f"{cache.migrate()} format-1 entries moved into the store")
+        return 0
+    keep = list(args.keep or [])
+    for path in args.keep_model or []:
+        from .._provenance import load_model
+
+        _, provenance = load_model(path, check_fingerprints=False, return_provenance=True)
+        keep += [e["fingerprint"] for e in provenance.get("experts") or [] if "fingerprint" in e]
+    if not keep and (args.keep or args.keep_model):
+        raise CLIError(
+            "--keep-model named no expert fingerprint (a model without experts?); pruning "
+            "would delete every expert. Give --keep FINGERPRINT or another model."
+        )
+    report = cache.prune(
+        keep=keep if (args.keep or args.keep_model) else None,
+        older_than=None if args.older_than is None else args.older_than * 86400.0,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2, default=_json_value))
+        return 0
+    verb = "would free" if args.dry_run else "freed"
+    print(
+        f"{len(report['experts_removed'])} expert folder(s), {report['entries_removed']} "
+        f"entries and {report['file_records_removed']} file records removed; {verb} "
+        f"{_size(report['bytes_freed'])}; {report['stale_locks_removed']} stale lock(s)"
+    )
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def _json_value(value):

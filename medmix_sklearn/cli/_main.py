@@ -207,8 +207,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data(p, target=False)
     p.add_argument("--out", metavar="FILE", help="write the matrix (.parquet or .csv)")
+    d = p.add_argument_group("distributed (Dask)")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler (tcp://host:8786) whose workers embed the items; "
+                        "the cache folder must be shared with them")
+    d.add_argument("--partitions", type=int, metavar="N",
+                   help="partitions per modality (default: 4 per worker)")
+    d.add_argument("--resources", metavar="NAME=N[,NAME=N]",
+                   help="Dask resources each task needs, e.g. GPU=1")
     _add_common(p)
     p.set_defaults(func="embed")
+
+    p = sub.add_parser(
+        "cache", formatter_class=_Formatter, help="size of the embedding cache; prune it",
+        description="info: entries, files and bytes per expert, file records and format-1 "
+                    "leftovers. prune: delete the entries of experts not kept (--keep, "
+                    "--keep-model) or not used for --older-than days, stale locks, and file "
+                    "records of files that changed or are gone. migrate: move format-1 "
+                    "entries (one file each) into the store.",
+    )
+    p.add_argument("action", choices=["info", "prune", "migrate"], help="what to do")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="the cache (default: $MEDMIX_CACHE_DIR or the user cache)")
+    p.add_argument("--keep", action="append", metavar="FINGERPRINT",
+                   help="prune: keep this expert fingerprint; repeatable")
+    p.add_argument("--keep-model", action="append", metavar="FILE",
+                   help="prune: keep the experts of this saved model; repeatable")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="prune: also delete experts not used for DAYS days")
+    p.add_argument("--dry-run", action="store_true", help="prune: report, delete nothing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p)
+    p.set_defaults(func="cache")
 
     p = sub.add_parser(
         "info", formatter_class=_Formatter, help="show a model file's provenance",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from numbers import Integral
 from typing import Any
 
@@ -36,7 +37,7 @@ from .._layout import (
 from .._missing import is_missing, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
-from ._cache import EmbeddingCache, resolve_cache_dir
+from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]
 
@@ -138,6 +139,16 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         Threads that read and decode items (and hash files for the cache)
         while the model embeds the previous batch. ``None`` means 1, ``-1``
         all CPUs.
+    trust_file_stat : bool, default=True
+        Remember each image file's content key in the cache by the file's
+        identity (resolved path, size, modification and change times, inode,
+        device), so that a warm pass costs one ``stat`` per file and reads no
+        image. A file whose size or times changed is hashed again, and so is a
+        file modified less than a few seconds before it was hashed. Turn it off
+        on file systems whose times cannot be trusted: ones that do not update
+        modification times, or tools that rewrite files and then restore their
+        old times and size (some sync or archive tools with "preserve times")
+        on a file system without change times.
 
     Attributes
     ----------
@@ -208,6 +219,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         # joblib's convention: 0 means nothing, so it is refused.
         "n_jobs": [Interval(Integral, None, -1, closed="right"),
                    Interval(Integral, 1, None, closed="left"), None],
+        "trust_file_stat": ["boolean"],
     }
 
     def __init__(
@@ -221,6 +233,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         verbose=0,
         on_error="warn",
         n_jobs=None,
+        trust_file_stat=True,
     ):
         self.modalities = modalities
         self.teachers = teachers
@@ -230,6 +243,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.on_error = on_error
         self.n_jobs = n_jobs
+        self.trust_file_stat = trust_file_stat
 
     # -- nested parameters --------------------------------------------------
     def _nested(self):
@@ -438,6 +452,106 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         X = _as_pandas(X)
         frame = self._check_transform_input(X)
         return self._as_output(self._transform(frame, with_teachers=False), X)
+
+    def fill_cache(self, X, *, client=None, partitions=None, resources=None, teachers=True):
+        """Embed every item of X that the cache lacks, in this process or on a Dask cluster.
+
+        Nothing is fitted and nothing is returned but a summary: afterwards,
+        :meth:`fit`, :meth:`transform`, cross-validation and searches, in any
+        process that uses the same cache, read the embeddings and load no
+        model. Each distinct item is embedded once per call, even when it
+        repeats in X.
+
+        Parameters
+        ----------
+        X : pandas DataFrame
+            The table, with the columns of the expert entries.
+        client : dask.distributed.Client, default=None
+            Spread the items over the cluster's workers, in partitions of
+            distinct items. Each worker process loads each expert once (the
+            first task that needs it) and writes to the shared cache, so
+            ``cache_dir`` must be a folder every worker can reach (a shared
+            file system on several machines). Workers resolve
+            ``device="auto"`` themselves; entries are filed under the
+            fingerprint of the device class and precision they ran at (see
+            :meth:`BaseExpert.fingerprint`), so fill on the kind of device the
+            later fits use. None runs in this process.
+        partitions : int, default=None
+            Partitions per expert entry; by default four per worker.
+        resources : dict, default=None
+            Dask resources each task needs, for example ``{"GPU": 1}`` to run
+            only on workers started with ``--resources GPU=1``.
+        teachers : bool, default=True
+            Also fill the teacher experts' entries (:meth:`fit_transform`
+            reads them; :meth:`transform` does not).
+
+        Returns
+        -------
+        summary : dict
+            ``rows``, ``items`` (distinct items looked at, summed over
+            experts), ``hits``, ``embedded``, ``failures`` (unreadable
+            items), ``seconds``, ``workers`` and ``experts``, the same counts
+            per ``"{modality}/{expert}"``.
+        """
+        import time
+
+        start = time.perf_counter()
+        if resolve_cache_dir(self.cache_dir) is None:
+            raise ValueError(
+                "fill_cache needs a disk cache, but cache_dir=None. Pass cache_dir='auto' "
+                "or a folder (shared by every worker when client is given)."
+            )
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(
+                f"fill_cache needs a pandas DataFrame. Got {type(X).__name__} instead."
+            )
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, Integral) or (
+            self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer. Got {self.batch_size!r}.")
+        if partitions is not None and (
+            isinstance(partitions, bool) or not isinstance(partitions, Integral) or partitions < 1
+        ):
+            raise ValueError(f"partitions must be a positive integer. Got {partitions!r}.")
+        entries = self._validate_entries(self.modalities, teacher=False)
+        if teachers:
+            entries += self._validate_entries(self.teachers or [], teacher=True)
+        jobs = []
+        for entry in entries:
+            if entry.is_tabular:
+                continue
+            label = X.columns[_resolve_columns(entry, X)[0]]
+            items = _distinct(v for v in X[label].tolist() if not is_missing(v))
+            if items:
+                jobs.append((entry.name, list(entry.experts), items))
+        config = {
+            "cache_dir": os.fspath(resolve_cache_dir(self.cache_dir)),
+            "device": self.device,
+            "batch_size": int(self.batch_size),
+            "n_jobs": self.n_jobs,
+            "trust_file_stat": bool(self.trust_file_stat),
+        }
+        summary = {"rows": int(X.shape[0]), "experts": {}}
+        if client is None:
+            summary["workers"] = 1
+            parts = [(name, experts, items) for name, experts, items in jobs]
+            results = [_fill_part(config, name, experts, items) for name, experts, items in parts]
+        else:
+            config["share_experts"] = True
+            results, summary["workers"] = _fill_on_dask(
+                client, config, jobs, partitions, resources, self.batch_size
+            )
+        for result in results:
+            for where, counts in result.items():
+                total = summary["experts"].setdefault(
+                    where, {"items": 0, "hits": 0, "embedded": 0, "failures": 0}
+                )
+                for name in total:
+                    total[name] += counts[name]
+        for name in ("items", "hits", "embedded", "failures"):
+            summary[name] = sum(c[name] for c in summary["experts"].values())
+        summary["seconds"] = time.perf_counter() - start
+        return summary
 
     def _as_output(self, values: np.ndarray, X):
         # A DataFrame by default, because the column names are the block layout;
@@ -720,7 +834,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         n_threads = effective_n_jobs(self.n_jobs)
         blocks = iter(self.blocks_ + self.teacher_blocks_)
         device = None  # resolved at the first expert entry
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool, _closing(cache):
             for teacher, fitted in ((False, self.modalities_), (True, self.teachers_)):
                 for name, spec, labels in fitted:
                     if isinstance(spec, list):
@@ -790,110 +904,186 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             failures: list[tuple[Any, Any, str]] = []
             keys = keys_by_class.get(type(expert))
             if keys is None:
-                keys = list(pool.map(partial(_content_key, expert), items))
+                keys = self._content_keys(expert, items, cache, pool)
                 keys_by_class[type(expert)] = keys
             for i, key in enumerate(keys):
                 if isinstance(key, ItemReadError):
                     failures.append((labels[rows[i]], items[i], str(key)))
             if failures and self.on_error == "raise":
                 self._report_failures(expert, column, failures)
-            first = {}
+            first: dict[str, int] = {}
             for i, key in enumerate(keys):
                 if isinstance(key, str) and key not in first:
                     first[key] = i
-            vectors, failed_keys = self._vectors_for(
-                expert, first, items, rows, labels, column, cache, pool, where, device
-            )
-            for i, key in enumerate(keys):
-                if isinstance(key, str) and key in failed_keys:
-                    failures.append((labels[rows[i]], items[i], failed_keys[key]))
-            ok = [
-                (rows[i], vectors[k])
-                for i, k in enumerate(keys)
-                if isinstance(k, str) and k in vectors
-            ]
-            if ok:
-                target_rows = np.fromiter((r for r, _ in ok), dtype=np.intp, count=len(ok))
-                out[np.ix_(target_rows, np.asarray(block.columns))] = np.stack(
-                    [v for _, v in ok]
+
+            def report(index: int, message: str, expert=expert) -> None:
+                self._report_failures(
+                    expert, column, [(labels[rows[index]], items[index], message)]
                 )
+
+            vectors, found, failed_keys, _ = self._vectors_for(
+                expert, first, items, cache, pool, where, device,
+                report=report, n_rows=len(rows),
+            )
+            position = {key: j for j, key in enumerate(first)}
+            target_rows, source = [], []
+            for i, key in enumerate(keys):
+                if isinstance(key, str):
+                    j = position[key]
+                    if found[j]:
+                        target_rows.append(rows[i])
+                        source.append(j)
+                    elif key in failed_keys:
+                        failures.append((labels[rows[i]], items[i], failed_keys[key]))
+            if target_rows:
+                out[np.ix_(np.asarray(target_rows), np.asarray(block.columns))] = vectors[
+                    np.asarray(source)
+                ]
             if failures:
                 self._report_failures(expert, column, failures)
+
+    def _content_keys(
+        self,
+        expert: BaseExpert,
+        items: list,
+        cache: EmbeddingCache | None,
+        pool: ThreadPoolExecutor,
+    ) -> list:
+        """Content key of each item (or its ItemReadError), files remembered by identity."""
+        keys: list = [None] * len(items)
+        todo = list(range(len(items)))
+        identities: dict[int, Any] = {}
+        namespace = f"{type(expert).__module__}.{type(expert).__qualname__}"
+        if cache is not None and self.trust_file_stat and items:
+            files = [expert.item_files(item) for item in items]
+            with_files = [i for i, f in enumerate(files) if f is not None]
+            if with_files:
+                found = _chunked_map(pool, lambda i: identity_of(files[i]), with_files)
+                identities = {i: ident for i, ident in zip(with_files, found) if ident is not None}
+                positions = list(identities)
+                known = cache.get_file_keys(namespace, [identities[i] for i in positions])
+                for i, key in zip(positions, known):
+                    if key is not None:
+                        keys[i] = key
+                todo = [i for i in todo if keys[i] is None]
+        computed = _chunked_map(pool, lambda i: _content_key(expert, items[i]), todo)
+        remember = []
+        for i, key in zip(todo, computed):
+            keys[i] = key
+            if isinstance(key, str) and i in identities:
+                remember.append(i)
+        if remember:
+            # Only identities that did not change while the files were hashed.
+            again = _chunked_map(pool, lambda i: identity_of(expert.item_files(items[i])), remember)
+            pairs = [
+                (identities[i], keys[i]) for i, now in zip(remember, again) if now == identities[i]
+            ]
+            try:
+                cache.put_file_keys(namespace, pairs)
+            except OSError as exc:
+                logger.warning("Could not write file records to the embedding cache: %s", exc)
+        return keys
 
     def _vectors_for(
         self,
         expert: BaseExpert,
         first: dict,
         items: list,
-        rows: list,
-        labels: list,
-        column,
         cache: EmbeddingCache | None,
         pool: ThreadPoolExecutor,
         where: str,
         device: str,
-    ) -> tuple[dict, dict]:
-        """Embeddings of the unique keys: from the cache, else computed in batches."""
+        *,
+        report=None,
+        keep: bool = True,
+        n_rows: int | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray, dict, dict]:
+        """Embeddings of the unique keys: from the cache, else computed in batches.
+
+        ``first`` maps each unique key to the position of one item that has it.
+        Returns the embeddings (rows in the order of ``first``; None when
+        ``keep`` is False), a mask of the keys that have one, ``{key: message}``
+        for unreadable items, and counts (hits, embedded, failed).
+        """
         dim = int(expert.output_dim)
+        keys = list(first)
         fingerprint = expert.fingerprint(device) if cache is not None else ""
-        vectors = cache.get_many(fingerprint, first, dim=dim) if cache is not None else {}
-        hits = len(vectors)
-        todo = [key for key in first if key not in vectors]
+        if cache is not None and keys:
+            found = np.zeros(len(keys), dtype=bool)
+            vectors = np.empty((len(keys), dim), dtype=np.float32) if keep else None
+            step = len(keys) if keep else 65536  # bounded memory when nothing is kept
+            for start in range(0, len(keys), step):
+                part, ok = cache.get_array(fingerprint, keys[start : start + step], dim)
+                found[start : start + step] = ok
+                if keep:
+                    vectors[start : start + step] = part
+        else:
+            found = np.zeros(len(keys), dtype=bool)
+            vectors = np.empty((len(keys), dim), dtype=np.float32) if keep else None
+        hits = int(found.sum())
+        todo = np.flatnonzero(~found).tolist()
+        if todo and cache is not None:
+            cache.describe(
+                fingerprint,
+                {"expert": expert.name, "class": type(expert).__name__, "dim": dim,
+                 "precision": expert.precision(device)},
+            )
         if expert.kind == "text":
             # Similar lengths in a batch cut padding.
-            todo.sort(key=lambda key: len(str(items[first[key]])))
+            todo.sort(key=lambda j: len(str(items[first[keys[j]]])))
         failed: dict[str, str] = {}
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
 
         def submit(batch: list) -> list[Future]:
-            return [pool.submit(_read, expert, items[first[key]]) for key in batch]
+            return [pool.submit(_read, expert, items[first[keys[j]]]) for j in batch]
 
         from tqdm.auto import tqdm
 
         progress = tqdm(total=len(batches), desc=where, unit="batch", leave=False,
                         disable=not self.verbose or not batches)
-        pending = submit(batches[0]) if batches else []
+        # Decode up to two batches ahead so the model never waits for input.
+        pending = [submit(batch) for batch in batches[:2]]
         for b, batch in enumerate(batches):
-            decoded_futures = pending
-            # Decode the next batch while this one runs through the model.
-            pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
-            good_keys, decoded = [], []
-            for key, future in zip(batch, decoded_futures):
+            decoded_futures = pending.pop(0)
+            if b + 2 < len(batches):
+                pending.append(submit(batches[b + 2]))
+            good, decoded = [], []
+            for j, future in zip(batch, decoded_futures):
                 value = future.result()
                 if isinstance(value, ItemReadError):
-                    failed[key] = str(value)
-                    if self.on_error == "raise":
-                        for future in pending:
-                            future.cancel()
-                        index = first[key]
-                        self._report_failures(
-                            expert, column, [(labels[rows[index]], items[index], str(value))]
-                        )
+                    failed[keys[j]] = str(value)
+                    if self.on_error == "raise" and report is not None:
+                        for futures in pending:
+                            for future in futures:
+                                future.cancel()
+                        report(first[keys[j]], str(value))
                 else:
-                    good_keys.append(key)
+                    good.append(j)
                     decoded.append(value)
             if decoded:
                 embedded = self._run_expert(expert, decoded, dim, where, device)
-                for key, vector in zip(good_keys, embedded):
-                    vectors[key] = vector
+                found[good] = True
+                if keep:
+                    vectors[good] = embedded
                 if cache is not None:
                     try:
-                        cache.put_many(fingerprint, zip(good_keys, embedded))
+                        cache.put_many(fingerprint, zip([keys[j] for j in good], embedded))
                     except OSError as exc:
                         logger.warning("Could not write to the embedding cache: %s", exc)
             progress.update(1)
         progress.close()
+        counts = {"hits": hits, "embedded": len(todo) - len(failed), "failed": len(failed)}
         logger.log(
             logging.INFO if self.verbose else logging.DEBUG,
             "%s: %d rows, %d unique items, %d cache hits, %d embedded, %d unreadable",
             where,
-            len(rows),
-            len(first),
+            len(first) if n_rows is None else n_rows,
+            len(keys),
             hits,
-            len(todo) - len(failed),
+            counts["embedded"],
             len(failed),
         )
-        return vectors, failed
+        return vectors, found, failed, counts
 
     def _run_device(self) -> str:
         """The device to embed on now: ``device_``, or the CPU when it is gone.
@@ -1140,6 +1330,129 @@ def _content_key(expert: BaseExpert, item: Any):
         return expert.content_key(item)
     except ItemReadError as exc:
         return exc
+
+
+def _distinct(values) -> list:
+    """Items in first-seen order, repeats dropped where the item is hashable."""
+    seen: set = set()
+    out = []
+    for value in values:
+        try:
+            if value in seen:
+                continue
+            seen.add(value)
+        except TypeError:  # arrays and other unhashable items are kept as they are
+            pass
+        out.append(value)
+    return out
+
+
+# Experts already loaded in this (worker) process, by class and fingerprint: a
+# Dask worker loads each expert once, whatever the number of tasks it runs.
+_LOADED_EXPERTS: dict[tuple, tuple[BaseExpert, threading.Lock]] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _shared_expert(expert: BaseExpert) -> tuple[BaseExpert, threading.Lock]:
+    params = repr(sorted(expert.get_params(deep=False).items()))
+    key = (type(expert).__module__, type(expert).__qualname__, expert.fingerprint(), params)
+    with _LOADED_LOCK:
+        if key not in _LOADED_EXPERTS:
+            _LOADED_EXPERTS[key] = (expert, threading.Lock())
+        return _LOADED_EXPERTS[key]
+
+
+def _fill_part(config: dict, modality: str, experts: list, items: list) -> dict:
+    """Embed the items the cache lacks, for each expert; return counts per expert."""
+    embedder = MultimodalExpertEmbedder(
+        [],
+        cache_dir=config["cache_dir"],
+        device=config["device"],
+        batch_size=config["batch_size"],
+        n_jobs=config["n_jobs"],
+        trust_file_stat=config["trust_file_stat"],
+    )
+    embedder.device_ = _resolve_device(config["device"])
+    counts = {}
+    cache = EmbeddingCache(config["cache_dir"])
+    keys_by_class: dict[type, list] = {}
+    with ThreadPoolExecutor(max_workers=_n_threads(config["n_jobs"])) as pool, _closing(cache):
+        for given in experts:
+            if config.get("share_experts"):
+                expert, lock = _shared_expert(given)
+            else:
+                expert, lock = given, threading.Lock()
+            where = f"{modality}/{expert.name}"
+            keys = keys_by_class.get(type(expert))
+            if keys is None:
+                keys = embedder._content_keys(expert, items, cache, pool)
+                keys_by_class[type(expert)] = keys
+            unreadable = sum(isinstance(k, ItemReadError) for k in keys)
+            first: dict[str, int] = {}
+            for i, key in enumerate(keys):
+                if isinstance(key, str) and key not in first:
+                    first[key] = i
+            with lock:
+                _, _, _, part = embedder._vectors_for(
+                    expert, first, items, cache, pool, where, embedder.device_, keep=False
+                )
+            counts[where] = {
+                "items": len(items),
+                "hits": part["hits"],
+                "embedded": part["embedded"],
+                "failures": part["failed"] + unreadable,
+            }
+    return counts
+
+
+def _fill_on_dask(client, config, jobs, partitions, resources, batch_size):
+    try:
+        from distributed import as_completed
+    except ImportError as exc:  # pragma: no cover - dask is in the test extra
+        from ..exceptions import MissingExtraError
+
+        raise MissingExtraError(
+            "fill_cache(client=...) needs dask.distributed: pip install 'medmix_sklearn[dask]'."
+        ) from exc
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    n_parts = partitions or 4 * n_workers
+    futures = []
+    for name, experts, items in jobs:
+        size = max(int(batch_size), -(-len(items) // n_parts))
+        for start in range(0, len(items), size):
+            futures.append(
+                client.submit(
+                    _fill_part,
+                    config,
+                    name,
+                    experts,
+                    items[start : start + size],
+                    resources=resources,
+                    pure=False,
+                )
+            )
+    results = [future.result() for future in as_completed(futures)]
+    return results, n_workers
+
+
+def _chunked_map(pool: ThreadPoolExecutor, func, values: list, chunk: int = 512) -> list:
+    """``[func(v) for v in values]`` on the pool, in chunks (cheap calls, many items)."""
+    if len(values) <= chunk:
+        return [func(v) for v in values]
+    parts = [values[i : i + chunk] for i in range(0, len(values), chunk)]
+    out: list = []
+    for result in pool.map(lambda part: [func(v) for v in part], parts):
+        out.extend(result)
+    return out
+
+
+@contextmanager
+def _closing(cache: EmbeddingCache | None):
+    try:
+        yield cache
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _read(expert: BaseExpert, item: Any):

@@ -137,6 +137,21 @@ class BaseExpert(BaseEstimator, ABC):
         be read.
         """
 
+    def item_files(self, item: Any):
+        """The file(s) whose bytes make ``item``'s content key, or None.
+
+        The embedder remembers the content key of such an item by the files'
+        identity (path, size, times, inode), so a warm pass stats them instead
+        of reading them (see ``trust_file_stat`` of the embedder). The default
+        answers for an image path; an expert whose item is a folder of files
+        (a DICOM series) returns the files in it. Return None for items that
+        are not files (texts, arrays, bytes).
+        """
+        if self.kind == "image" and isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            return (path,) if isinstance(path, str) and path.strip() else None
+        return None
+
     @abstractmethod
     def read(self, item: Any) -> Any:
         """Decode an item into what ``_embed`` takes; raise ItemReadError on failure."""

@@ -1,0 +1,321 @@
+"""Check the GPU path end to end on a machine with CUDA.
+
+1. Agreement: a few hundred generated images and texts embedded on the CPU and
+   on the GPU. Float32 on the GPU (the expert's network run without autocast)
+   must match the CPU within 1e-4 (max absolute difference); the embedder's
+   own GPU path (autocast, bfloat16 where supported) within 2e-2 of cosine
+   distance per item.
+2. Speed: the embedder (decode threads, batches) against a hand-written CUDA
+   loop with the same batch size and precision, twice: decoding inline (the
+   naive loop) and on pre-decoded tensors (the model alone: a lower bound).
+3. The classifier trained on the GPU, saved, and loaded and used for
+   prediction in a separate CPU-only process (``CUDA_VISIBLE_DEVICES=""``);
+   the probabilities must match the GPU model's within 1e-4.
+
+Experts: the offline presets ``efficientnet_lite0`` and ``all-MiniLM-L6-v2``
+when their weight packages are installed (the ``weights`` extra), else a tiny
+timm network and a tiny random BERT (said in the output).
+
+Run: ``python benchmarks/gpu_check.py`` (about 2-5 minutes on one GPU). Without
+CUDA it says so and exits with status 0; ``--cpu-only`` then runs every CPU
+part of the check (the same steps with the CPU standing in for the GPU), which
+is how it is tested on machines without a GPU. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+FLOAT32_TOL = 1e-4
+AUTOCAST_COSINE_TOL = 2e-2
+
+
+def _experts(work: str, tiny: bool):
+    from medmix_sklearn import ImageExpert, TextExpert
+
+    if not tiny:
+        try:
+            image = ImageExpert("efficientnet_lite0")
+            text = TextExpert("all-MiniLM-L6-v2")
+            image.fingerprint(), text.fingerprint()  # fails when the weights are absent
+            return image, text, "efficientnet_lite0 + all-MiniLM-L6-v2 (offline weights)"
+        except Exception as exc:
+            print(f"offline weights unavailable ({type(exc).__name__}: {exc}); tiny models")
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    from conftest import write_tiny_text_model
+
+    text_dir = write_tiny_text_model(os.path.join(work, "tiny_bert"))
+    return (
+        ImageExpert("test_efficientnet", pretrained=False),
+        TextExpert(text_dir),
+        "tiny random test_efficientnet + 2-layer BERT (hidden 32)",
+    )
+
+
+def _data(n: int, work: str) -> pd.DataFrame:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = os.path.join(work, "images")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    yy, xx = np.mgrid[0:256, 0:256]
+    for i in range(n):
+        base = 128 + 60 * np.sin(xx / (8 + i % 13)) * np.cos(yy / (6 + i % 7))
+        noise = rng.normal(0, 20, (256, 256))
+        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"{i}.png")
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    words = ("no evidence of acute cardiopulmonary disease normal heart size lungs clear "
+             "pneumonia pleural effusion mild opacity right lower lobe").split()
+    texts = [" ".join(rng.choice(words, size=4 + i % 20)) for i in range(n)]
+    return pd.DataFrame({"image": paths, "text": texts, "y": rng.integers(0, 2, n)})
+
+
+def _embed(expert, column, frame, device, batch_size):
+    from medmix_sklearn.embedding import MultimodalExpertEmbedder
+
+    embedder = MultimodalExpertEmbedder(
+        [("m", expert, column)], cache_dir=None, device=device, batch_size=batch_size, n_jobs=4
+    )
+    start = time.perf_counter()
+    out = np.asarray(embedder.fit_transform(frame[[column]]), dtype=np.float32)
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def _sync(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _hand_image(expert, paths, device, batch_size, *, autocast, predecoded=None):
+    """A plain loop: decode, transform, stack, run the network."""
+    import torch
+    from PIL import Image
+
+    model = expert._get_model(device)
+    outputs = []
+    start = time.perf_counter()
+    for s in range(0, len(paths), batch_size):
+        if predecoded is not None:
+            batch = predecoded[s : s + batch_size]
+        else:
+            tensors = []
+            for path in paths[s : s + batch_size]:
+                with Image.open(path) as image:
+                    tensors.append(model.transform(image.convert("RGB")))
+            batch = torch.stack(tensors)
+        batch = batch.to(device, non_blocking=True)
+        with torch.inference_mode(), (_autocast(device) if autocast else _null()):
+            features = model.module(batch)
+        outputs.append(features.float().cpu().numpy())
+    _sync(device)
+    return np.concatenate(outputs), time.perf_counter() - start
+
+
+def _hand_text(expert, texts, device, batch_size, *, autocast):
+    """A plain loop: tokenize, run the encoder, mean-pool over the attention mask."""
+    import torch
+
+    model = expert._get_model(device)
+    outputs = []
+    start = time.perf_counter()
+    for s in range(0, len(texts), batch_size):
+        encoded = model.tokenizer(
+            list(texts[s : s + batch_size]), padding=True, truncation=True,
+            max_length=expert.max_length, return_tensors="pt",
+        ).to(device)
+        with torch.inference_mode(), (_autocast(device) if autocast else _null()):
+            hidden = model.module(**encoded).last_hidden_state.float()
+        mask = encoded["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        outputs.append(pooled.cpu().numpy())
+    _sync(device)
+    return np.concatenate(outputs), time.perf_counter() - start
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _cosine_distance(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return 1.0 - (a * b).sum(axis=1)
+
+
+_PREDICT_ON_CPU = textwrap.dedent(
+    """
+    import sys
+    import numpy as np, pandas as pd, torch
+    assert not torch.cuda.is_available()
+    from medmix_sklearn import load_model
+    model = load_model(sys.argv[1])
+    X = pd.read_pickle(sys.argv[2])
+    np.save(sys.argv[3], model.predict_proba(X))
+    """
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=384, help="images and texts (384)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tiny", action="store_true", help="tiny random models")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="without CUDA: run the CPU parts, the CPU standing in for the GPU")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = "cuda"
+        name = torch.cuda.get_device_name(0)
+    elif args.cpu_only:
+        gpu, name = "cpu", "none (--cpu-only: the CPU stands in for the GPU)"
+        torch.set_num_threads(1)
+    else:
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing "
+              "to check. Run it on a machine with a GPU, or with --cpu-only to run its CPU "
+              "parts.")
+        return 0
+
+    failures = []
+    lines = [f"device: {name}; torch {torch.__version__}"]
+    with tempfile.TemporaryDirectory(prefix="medmix-gpu-check-") as work:
+        image_expert, text_expert, models = _experts(work, args.tiny)
+        lines.append(f"experts: {models}; {args.n} images (256x256 PNG) and texts; "
+                     f"batch size {args.batch_size}")
+        frame = _data(args.n, work)
+        paths, texts = frame["image"].tolist(), frame["text"].tolist()
+
+        # 1. agreement -------------------------------------------------------------
+        for label, expert, column in (("image", image_expert, "image"),
+                                      ("text", text_expert, "text")):
+            cpu, _ = _embed(expert, column, frame, "cpu", args.batch_size)
+            if label == "image":
+                f32, _ = _hand_image(expert, paths, gpu, args.batch_size, autocast=False)
+            else:
+                f32, _ = _hand_text(expert, texts, gpu, args.batch_size, autocast=False)
+            diff = float(np.abs(f32 - cpu).max())
+            amp, _ = _embed(expert, column, frame, gpu, args.batch_size)
+            cos = float(_cosine_distance(amp, cpu).max())
+            ok32, okamp = diff <= FLOAT32_TOL, cos <= AUTOCAST_COSINE_TOL
+            lines.append(
+                f"{label}: float32 GPU vs CPU max |diff| {diff:.2e} (<= {FLOAT32_TOL:g}: "
+                f"{'ok' if ok32 else 'FAIL'}); embedder GPU (autocast) vs CPU max cosine "
+                f"distance {cos:.2e} (<= {AUTOCAST_COSINE_TOL:g}: {'ok' if okamp else 'FAIL'})"
+            )
+            if not ok32:
+                failures.append(f"{label} float32 agreement")
+            if not okamp:
+                failures.append(f"{label} autocast agreement")
+
+        # 2. speed -----------------------------------------------------------------
+        autocast = gpu.startswith("cuda")
+        _embed(image_expert, "image", frame.iloc[: args.batch_size], gpu, args.batch_size)
+        _, t_embedder = _embed(image_expert, "image", frame, gpu, args.batch_size)
+        _, t_hand = _hand_image(image_expert, paths, gpu, args.batch_size, autocast=autocast)
+        model = image_expert._get_model(gpu)
+        from PIL import Image
+
+        decoded = []
+        for path in paths:
+            with Image.open(path) as image:
+                decoded.append(model.transform(image.convert("RGB")))
+        decoded = torch.stack(decoded)
+        _, t_model = _hand_image(image_expert, paths, gpu, args.batch_size, autocast=autocast,
+                                 predecoded=decoded)
+        _, t_text_embedder = _embed(text_expert, "text", frame, gpu, args.batch_size)
+        _, t_text_hand = _hand_text(text_expert, texts, gpu, args.batch_size, autocast=autocast)
+        n = args.n
+        lines.append(
+            f"images/s: embedder {n / t_embedder:,.0f}; hand loop decoding inline "
+            f"{n / t_hand:,.0f} (embedder {t_hand / t_embedder:.2f}x); model alone on "
+            f"pre-decoded tensors {n / t_model:,.0f}"
+        )
+        lines.append(
+            f"texts/s: embedder {n / t_text_embedder:,.0f}; hand loop {n / t_text_hand:,.0f} "
+            f"(embedder {t_text_hand / t_text_embedder:.2f}x)"
+        )
+
+        # 3. classifier: train on the GPU, predict on the CPU from the file ----------
+        from sklearn.pipeline import Pipeline
+
+        from medmix_sklearn import MedMIXClassifier, save_model
+        from medmix_sklearn.embedding import MultimodalExpertEmbedder
+
+        pipe = Pipeline([
+            ("embed", MultimodalExpertEmbedder(
+                [("xray", image_expert, "image"), ("report", text_expert, "text")],
+                cache_dir=os.path.join(work, "cache"), device=gpu, batch_size=args.batch_size,
+            )),
+            ("clf", MedMIXClassifier(max_epochs=5, device=gpu, random_state=0)),
+        ])
+        X, y = frame[["image", "text"]], frame["y"].to_numpy()
+        start = time.perf_counter()
+        pipe.fit(X, y)
+        t_fit = time.perf_counter() - start
+        proba_gpu = pipe.predict_proba(X)
+        path = os.path.join(work, "model.joblib")
+        save_model(pipe, path)
+        X.to_pickle(os.path.join(work, "X.pkl"))
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+               "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE),
+                                              os.environ.get("PYTHONPATH", "")])}
+        out = os.path.join(work, "proba.npy")
+        result = subprocess.run(
+            [sys.executable, "-c", _PREDICT_ON_CPU, path, os.path.join(work, "X.pkl"), out],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        if result.returncode != 0:
+            failures.append("CPU prediction from the saved file")
+            lines.append("classifier: loading on the CPU FAILED:\n" + result.stderr[-2000:])
+        else:
+            proba_cpu = np.load(out)
+            diff = float(np.abs(proba_cpu - proba_gpu).max())
+            ok = diff <= FLOAT32_TOL
+            if not ok:
+                failures.append("classifier CPU/GPU agreement")
+            lines.append(
+                f"classifier: fitted on {gpu} in {t_fit:.1f} s (embedding included); "
+                f"predicted on the CPU from the saved file, max |proba diff| {diff:.2e} "
+                f"(<= {FLOAT32_TOL:g}: {'ok' if ok else 'FAIL'})"
+            )
+
+    print("\n".join(["gpu_check summary", *("  " + line for line in lines)]))
+    print("RESULT:", "all checks passed" if not failures else "FAILED: " + ", ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Tests of filling the cache (in process and on Dask) and of file identities."""
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from _helpers import one_torch_thread  # noqa: F401 - autouse fixture
+from PIL import Image
+from sklearn.base import clone
+from test_embedder import CALLS, FakeImageExpert, FakeTextExpert
+
+from medmix_sklearn import ImageExpert, TextExpert
+from medmix_sklearn.embedding import EmbeddingCache, MultimodalExpertEmbedder
+
+
+@pytest.fixture(autouse=True)
+def _reset(monkeypatch, tmp_path):
+    CALLS.clear()
+    monkeypatch.setenv("MEDMIX_CACHE_DIR", str(tmp_path / "auto-cache"))
+
+
+def _texts(n: int, repeat: int = 1) -> list[str]:
+    words = "no evidence of acute cardiopulmonary disease normal chest heart size".split()
+    base = [" ".join(words[: 1 + i % len(words)]) + f" {i}" for i in range(n)]
+    return [base[i % n] for i in range(n * repeat)]
+
+
+# -- fill_cache -------------------------------------------------------------------
+def test_fill_cache_in_process_then_no_model_is_loaded(tmp_path):
+    texts = _texts(10, repeat=3) + [None]
+    X = pd.DataFrame({"text": texts, "age": np.arange(31.0)})
+    modalities = [("report", FakeTextExpert("t", 4), "text"), ("labs", "passthrough", ["age"])]
+    embedder = MultimodalExpertEmbedder(
+        modalities, teachers=[("teach", FakeTextExpert("u", 2), "text")],
+        cache_dir=tmp_path / "c", batch_size=4,
+    )
+    summary = embedder.fill_cache(X)
+    assert not hasattr(embedder, "blocks_")  # nothing fitted
+    assert summary["experts"] == {
+        "report/t": {"items": 10, "hits": 0, "embedded": 10, "failures": 0},
+        "teach/u": {"items": 10, "hits": 0, "embedded": 10, "failures": 0},
+    }
+    assert (summary["rows"], summary["embedded"], summary["workers"]) == (31, 20, 1)
+    assert CALLS["t", "items"] == 10  # each distinct text once
+    again = embedder.fill_cache(X, teachers=False)
+    assert (again["hits"], again["embedded"], again["items"]) == (10, 0, 10)
+
+    CALLS.clear()
+    fresh = clone(embedder)
+    Xt = np.asarray(fresh.fit_transform(X))
+    assert sum(CALLS.values()) == 0
+    assert not any(e.is_loaded for _, experts, _ in fresh.modalities_[:1] for e in experts)
+    expected = np.stack([FakeTextExpert("t", 4).expected(t) for t in texts[:-1]])
+    np.testing.assert_array_equal(Xt[:-1, :4], expected)
+    assert np.isnan(Xt[-1, :4]).all()
+
+
+def test_fill_cache_counts_unreadable_items_and_checks_input(tmp_path):
+    X = pd.DataFrame({"text": ["fine", "bad one", "also fine"]})
+    embedder = MultimodalExpertEmbedder(
+        [("report", FakeTextExpert("t", 4, fail_on="bad"), "text")], cache_dir=tmp_path
+    )
+    summary = embedder.fill_cache(X)
+    assert (summary["embedded"], summary["failures"]) == (2, 1)
+    with pytest.raises(ValueError, match="needs a disk cache"):
+        clone(embedder).set_params(cache_dir=None).fill_cache(X)
+    with pytest.raises(TypeError, match="needs a pandas DataFrame"):
+        embedder.fill_cache(X.to_numpy())
+    with pytest.raises(ValueError, match="partitions must be a positive integer"):
+        embedder.fill_cache(X, partitions=0)
+
+
+@pytest.mark.slow
+def test_fill_cache_on_a_local_dask_cluster(tmp_path, tiny_text_model_dir):
+    distributed = pytest.importorskip("distributed")
+    texts = _texts(60, repeat=2)
+    X = pd.DataFrame({"text": texts})
+    embedder = MultimodalExpertEmbedder(
+        [("report", TextExpert(tiny_text_model_dir), "text")],
+        cache_dir=tmp_path / "shared", batch_size=8, device="cpu",
+    )
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        summary = embedder.fill_cache(X, client=client, partitions=3)
+        loaded = client.run(
+            lambda: [
+                e.is_loaded
+                for e, _ in __import__(
+                    "medmix_sklearn.embedding._embedder", fromlist=["x"]
+                )._LOADED_EXPERTS.values()
+            ]
+        )
+    assert summary["workers"] == 2
+    assert (summary["items"], summary["embedded"], summary["failures"]) == (60, 60, 0)
+    # Each worker that ran a task holds one loaded copy of the expert, reused by its tasks.
+    assert all(v in ([], [True]) for v in loaded.values()) and [True] in loaded.values()
+
+    fresh = clone(embedder)
+    cached = np.asarray(fresh.fit_transform(X))
+    assert not fresh.modalities_[0][1][0].is_loaded
+    direct = np.asarray(clone(embedder).set_params(cache_dir=None).fit_transform(X))
+    np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-6)
+
+
+# -- file identities ------------------------------------------------------------------
+def _settle(monkeypatch):
+    """Treat files as old enough to trust (change times cannot be set back)."""
+    monkeypatch.setattr("medmix_sklearn.embedding._cache.RACY_SECONDS", -1e9)
+
+
+def _noise_png(path, seed: int, size: int = 160) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as fh:
+        for line in fh:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no rchar")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io")
+def test_warm_pass_reads_almost_no_image_bytes(tmp_path, tiny_image_model, monkeypatch):
+    _settle(monkeypatch)
+    paths = [_noise_png(tmp_path / f"{i}.png", i) for i in range(12)]
+    total = sum(os.path.getsize(p) for p in paths)
+    X = pd.DataFrame({"image": paths})
+    embedder = MultimodalExpertEmbedder(
+        [("xray", ImageExpert(tiny_image_model, pretrained=False), "image")],
+        cache_dir=tmp_path / "c", device="cpu",
+    )
+    cold = np.asarray(embedder.fit_transform(X))
+    warm_embedder = clone(embedder).fit(X)
+    before = _rchar()
+    warm = np.asarray(warm_embedder.transform(X))
+    read = _rchar() - before
+    np.testing.assert_array_equal(warm, cold)
+    assert read < 0.05 * total, (read, total)
+    # Without the shortcut every image is read again.
+    before = _rchar()
+    np.asarray(clone(embedder).set_params(trust_file_stat=False).fit(X).transform(X))
+    assert _rchar() - before >= total
+
+
+def test_changed_moved_and_racy_files(tmp_path, monkeypatch):
+    a = tmp_path / "a.png"
+    a.write_bytes(b"first content")
+    old = time.time() - 100
+    os.utime(a, (old, old))
+    X = pd.DataFrame({"image": [str(a)]})
+    expert = FakeImageExpert("a", 3)
+    embedder = MultimodalExpertEmbedder([("xray", expert, "image")], cache_dir=tmp_path / "c")
+    counted = {"n": 0}
+    original = FakeImageExpert.content_key
+
+    def counting(self, item):
+        counted["n"] += 1
+        return original(self, item)
+
+    monkeypatch.setattr(FakeImageExpert, "content_key", counting)
+
+    # Racy: the file changed (same size, same mtime) within seconds of being hashed.
+    first = np.asarray(embedder.fit_transform(X))
+    np.testing.assert_array_equal(first[0], expert.expected(b"first content"))
+    a.write_bytes(b"other content")  # same size
+    os.utime(a, (old, old))
+    second = np.asarray(embedder.transform(X))
+    np.testing.assert_array_equal(second[0], expert.expected(b"other content"))
+    assert counted["n"] == 2 and EmbeddingCache(tmp_path / "c").info()["file_records"][
+        "entries"
+    ] == 0
+
+    _settle(monkeypatch)
+    embedder.transform(X)
+    assert counted["n"] == 3  # hashed and now remembered
+    embedder.transform(X)
+    assert counted["n"] == 3  # one stat, no read
+    # New content and a new mtime: hashed again, new embedding.
+    a.write_bytes(b"third content, longer")
+    third = np.asarray(embedder.transform(X))
+    assert counted["n"] == 4
+    np.testing.assert_array_equal(third[0], expert.expected(b"third content, longer"))
+    # Moved: one hash at the new path, same content key, so the cached embedding.
+    CALLS.clear()
+    moved = tmp_path / "moved.png"
+    os.replace(a, moved)
+    Xm = pd.DataFrame({"image": [str(moved)]})
+    np.testing.assert_array_equal(np.asarray(embedder.transform(Xm)), third)
+    assert counted["n"] == 5 and CALLS["a", "items"] == 0
+    embedder.transform(Xm)
+    assert counted["n"] == 5
+    # Switched off: always hashed.
+    embedder.set_params(trust_file_stat=False)
+    embedder.transform(Xm)
+    assert counted["n"] == 6
