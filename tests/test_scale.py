@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import one_torch_thread  # noqa: F401 - autouse fixture
 from PIL import Image
 from sklearn.base import clone
 from test_embedder import CALLS, FakeImageExpert, FakeTextExpert

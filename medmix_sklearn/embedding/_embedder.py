@@ -1376,7 +1376,7 @@ def _fill_part(config: dict, modality: str, experts: list, items: list) -> dict:
     counts = {}
     cache = EmbeddingCache(config["cache_dir"])
     keys_by_class: dict[type, list] = {}
-    with ThreadPoolExecutor(max_workers=_n_threads(config["n_jobs"])) as pool, _closing(cache):
+    with ThreadPoolExecutor(max_workers=effective_n_jobs(config["n_jobs"])) as pool, _closing(cache):
         for given in experts:
             if config.get("share_experts"):
                 expert, lock = _shared_expert(given)
