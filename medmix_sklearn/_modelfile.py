@@ -212,6 +212,12 @@ def read_header(path: str) -> dict:
     return header
 
 
+# scikit-learn internals that skops does not list as trusted although they hold
+# only plain data: scikit-learn 1.5-1.6 keep a fitted ColumnTransformer's remainder
+# columns in this list subclass (column indices, no code).
+_SKLEARN_INTERNAL_TYPES = ("sklearn.compose._column_transformer._RemainderColsList",)
+
+
 class _Reader:
     def __init__(self, archive: zipfile.ZipFile, path: str, trusted_types) -> None:
         from safetensors.torch import load as load_tensors
@@ -301,7 +307,7 @@ class _Reader:
 
         data = self.archive.read(node["file"])
         try:
-            return sio.loads(data, trusted=self.trusted_types or None)
+            return sio.loads(data, trusted=[*_SKLEARN_INTERNAL_TYPES, *self.trusted_types])
         except UntrustedTypesFoundException as exc:
             raise ModelFileError(
                 f"{self.path!r} holds an object of types skops does not trust by default "
