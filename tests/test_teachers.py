@@ -398,3 +398,234 @@ def test_teacher_with_explicit_blocks_mapping(data):
     mapped = MedMIXClassifier(teacher="align", blocks=mapping, **FAST).fit(X.to_numpy(), y)
     assert [b.key for b in mapped.teacher_blocks_] == [b.key for b in named.teacher_blocks_]
     np.testing.assert_allclose(mapped.predict_proba(X.to_numpy()), named.predict_proba(X), rtol=1e-6)
+
+
+# -- contrastive alignment ------------------------------------------------------
+def test_contrastive_loss_value_on_known_inputs():
+    from medmix_sklearn.fusion._losses import contrastive_alignment_loss
+
+    # Two rows, each projection equal to its own (orthogonal) target: cos 1 on the diagonal, 0 off it.
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    preds = [3.0 * targets.clone()]
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    loss = contrastive_alignment_loss(preds, targets, mask, torch.ones(2), temperature=0.5)
+    expected = np.log(1 + np.exp(-2.0))  # -log(e^2 / (e^2 + e^0)), the same both ways
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # Swapped projections pick the wrong row: the loss is higher.
+    swapped = contrastive_alignment_loss([preds[0].flip(0)], targets, mask, torch.ones(2), temperature=0.5)
+    assert swapped.item() == pytest.approx(np.log(1 + np.exp(2.0)), rel=1e-6)
+
+
+def test_contrastive_loss_ignores_masked_and_zero_weight_rows():
+    from medmix_sklearn.fusion._losses import contrastive_alignment_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(6, 4, generator=g, requires_grad=True)
+    targets = torch.randn(6, 4, generator=g)
+    mask = torch.tensor([1, 1, 0, 1, 1, 0], dtype=torch.bool).unsqueeze(1)
+    w = torch.tensor([1.0, 2.0, 1.0, 0.0, 1.0, 1.0])
+    loss = contrastive_alignment_loss([pred], targets, mask, w)
+    noisy = targets.clone()
+    noisy[[2, 3, 5]] = 1e3  # neither anchors nor negatives
+    assert torch.allclose(loss, contrastive_alignment_loss([pred], noisy, mask, w))
+    loss.backward()
+    assert torch.equal(pred.grad[[2, 3, 5]], torch.zeros(3, 4))
+    # Fewer than two usable rows: nothing to contrast, an exact 0 with a graph.
+    one = contrastive_alignment_loss([pred], targets, torch.eye(6, 1, dtype=torch.bool), torch.ones(6))
+    assert one.item() == 0.0 and one.requires_grad
+
+
+def test_contrastive_teacher_trains_and_leaves_no_weights(data, plain):
+    X, y = data
+    clf = MedMIXClassifier(teacher=("contrastive", "align"), **FAST).fit(X, y)
+    proba = clf.predict_proba(X)
+    assert not np.allclose(proba, plain.predict_proba(X), atol=1e-4)
+    assert clf.score(X, y) > 0.7
+    assert not hasattr(clf.net_, "aligner_")
+    assert clf.net_.module_.state_dict().keys() == plain.net_.module_.state_dict().keys()
+
+
+def test_teacher_modes_parse():
+    clf = MedMIXClassifier(teacher=("contrastive", small_hgb()))
+    alignment, estimator = clf._teacher_modes()
+    assert alignment == ("contrastive",) and isinstance(estimator, HistGradientBoostingClassifier)
+    alignment, estimator = MedMIXClassifier(teacher="auto")._teacher_modes()
+    assert alignment == ("cosine",)
+    assert isinstance(estimator, Pipeline) and isinstance(estimator[-1], LogisticRegression)
+    assert MedMIXClassifier(teacher=["contrastive", "align"])._teacher_modes() == (("cosine", "contrastive"), None)
+
+
+# -- semi-supervised ------------------------------------------------------------
+def semi(y, n_labeled=80, seed=0, value=-1):
+    """y with all but ``n_labeled`` rows (stratified) set to ``value``."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(object if isinstance(value, str) else int)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: n_labeled // 2] for c in np.unique(y)])
+    out = np.full(len(y), value, dtype=y.dtype)
+    out[keep] = y[keep]
+    return out
+
+
+def test_unlabelled_rows_get_no_supervised_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 2, generator=g, requires_grad=True)
+    aux = torch.randn(6, 2, 2, generator=g, requires_grad=True)
+    out = (logits, aux, None, None, torch.ones(6, 2))
+    labeled = torch.tensor([True, False, True, False, True, False])
+    y = torch.tensor([0, 1, 1, 0, 0, 1])
+    crit = FusionLoss(aux_weight=0.5, class_weight=torch.tensor([1.0, 3.0]))
+    loss = crit(out, y, training=True, labeled=labeled)
+    # The placeholder label of an unlabelled row does not matter...
+    y_other = y.clone()
+    y_other[~labeled] = 1 - y_other[~labeled]
+    assert torch.allclose(loss, crit(out, y_other, training=True, labeled=labeled))
+    # ...and the value is the supervised loss of the labelled rows alone.
+    sub = (logits[labeled], aux[labeled], None, None, torch.ones(3, 2))
+    assert torch.allclose(loss, crit(sub, y[labeled], training=True))
+    loss.backward()
+    assert torch.equal(logits.grad[~labeled], torch.zeros(3, 2))
+    assert torch.equal(aux.grad[~labeled], torch.zeros(3, 2, 2))
+    # The teacher term does reach them.
+    logits.grad = None
+    distill = (torch.full((6, 2), 0.5), torch.ones(6, dtype=torch.bool))
+    crit = FusionLoss(distill_weight=1.0, temperature=2.0)
+    crit(out, y, training=True, labeled=labeled, distill=distill).backward()
+    assert (logits.grad[~labeled].abs().sum(dim=1) > 0).all()
+
+
+def test_consistency_loss_value_and_mask():
+    from medmix_sklearn.fusion._losses import consistency_loss
+
+    full = torch.tensor([[0.0, 0.0], [2.0, 0.0]], requires_grad=True)
+    dropped = torch.tensor([[0.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    kl = float((p * (p.log() - p.flip(0).log())).sum())
+    loss = consistency_loss(dropped, full, torch.tensor([1.0, 1.0]))
+    assert loss.item() == pytest.approx(kl / 2, rel=1e-5)  # row 0 agrees: KL 0
+    loss.backward()
+    assert full.grad is None  # the target gets no gradient
+    only_second = consistency_loss(dropped, full, torch.tensor([0.0, 1.0]))
+    assert only_second.item() == pytest.approx(kl, rel=1e-5)
+    none = consistency_loss(dropped, full, torch.zeros(2))
+    assert none.item() == 0.0 and none.requires_grad
+    # FusionLoss applies it to unlabelled rows only.
+    out = (dropped, torch.zeros(2, 1, 2), None, None, torch.ones(2, 1))
+    y = torch.tensor([0, 0])
+    crit = FusionLoss(consistency_weight=1.0)
+    both = torch.tensor([True, False])
+    extra = crit(out, y, labeled=both, full_logits=full) - crit(out, y, labeled=both)
+    assert extra.item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_semi_supervised_fit_classes_split_and_weights(data):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    X, y = data
+    ys = semi(y)
+    labeled = ys != -1
+    clf = MedMIXClassifier(
+        teacher=("align", small_hgb()), unlabeled_value=-1, class_weight="balanced", **FAST
+    ).fit(X, ys)
+    assert clf.classes_.tolist() == [0, 1]
+    assert clf.n_unlabeled_ == int((~labeled).sum()) > 0
+    np.testing.assert_allclose(clf.class_weight_, compute_class_weight("balanced", classes=np.array([0, 1]), y=ys[labeled]))
+    # Early stopping holds out labelled rows only: 10% of them, every unlabelled row trains.
+    train_idx, valid_idx = clf._validation_split(np.where(labeled, ys, 0), labeled)
+    assert len(valid_idx) == int(np.ceil(0.1 * labeled.sum())) and labeled[valid_idx].all()
+    assert set(np.flatnonzero(~labeled)) <= set(train_idx) and not set(train_idx) & set(valid_idx)
+    assert clf.predict_proba(X).shape == (len(y), 2)
+    assert set(clf.predict(X)) <= {0, 1}
+    assert clf.score(X, y) > 0.7
+    assert not hasattr(clf.net_, "aligner_")
+
+
+def test_semi_supervised_string_labels(data):
+    X, y = data
+    names = np.where(np.asarray(y) == 1, "sick", "well").astype(object)
+    ys = semi(names, value="unlabeled")
+    clf = MedMIXClassifier(teacher="auto", unlabeled_value="unlabeled", **FAST).fit(X, ys)
+    assert clf.classes_.tolist() == ["sick", "well"]
+
+
+def test_unlabelled_rows_need_a_teacher(data):
+    X, y = data
+    ys = semi(y)
+    with pytest.raises(ValueError, match=r"rows of y equal unlabeled_value=-1, but teacher=None.*teacher='auto'"):
+        MedMIXClassifier(unlabeled_value=-1, **FAST).fit(X, ys)
+    with pytest.raises(ValueError, match="Every row of y equals unlabeled_value"):
+        MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, np.full(len(y), -1))
+    with pytest.raises(ValueError, match="every teacher block is NaN in every row"):
+        with pytest.warns(MissingModalityWarning):
+            MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(blank_teachers(X), ys)
+    # Without unlabeled_value, -1 is an ordinary class.
+    clf = MedMIXClassifier(**FAST).fit(X.iloc[:120], ys[:120])
+    assert -1 in clf.classes_
+
+
+def test_partial_fit_and_unlabelled_rows(data):
+    X, y = data
+    ys = semi(y)
+    clf = MedMIXClassifier(unlabeled_value=-1, **FAST)
+    with pytest.raises(ValueError, match="partial_fit got .* unlabelled rows"):
+        clf.partial_fit(X, ys, classes=[-1, 0, 1])
+    labeled = ys != -1
+    clf.partial_fit(X[labeled], ys[labeled], classes=[-1, 0, 1])
+    assert clf.classes_.tolist() == [0, 1]  # the unlabeled value is never a class
+    clf.partial_fit(X[labeled], ys[labeled])
+    assert clf.n_iter_ == 2
+
+
+def test_unlabelled_rows_get_out_of_sample_soft_labels(data):
+    X, y = data
+    X = X.assign(teacher__ids__row=np.arange(len(X), dtype=float))
+    ys = semi(y)
+    unlabeled = set(np.flatnonzero(ys == -1).tolist())
+    RecordingTeacher.fits = []
+    MedMIXClassifier(teacher=RecordingTeacher(), teacher_cv=3, unlabeled_value=-1, **FAST).fit(X, ys)
+    fits = RecordingTeacher.fits
+    assert len(fits) == 3
+    assert not set().union(*fits) & unlabeled  # the teacher never fits on unlabelled rows
+    assert set().union(*fits) == set(np.flatnonzero(ys != -1).tolist())
+
+
+def test_unlabelled_rows_change_the_student(data):
+    X, y = data
+    ys = semi(y, n_labeled=60)
+    labeled = ys != -1
+    params = {**FAST, "early_stopping": False}
+    alone = MedMIXClassifier(teacher="auto", **params).fit(X[labeled], ys[labeled])
+    taught = MedMIXClassifier(teacher="auto", unlabeled_value=-1, **params).fit(X, ys)
+    assert not np.allclose(alone.predict_proba(X), taught.predict_proba(X), atol=1e-3)
+    assert taught.score(X, y) > 0.7
+
+
+# -- auto, and no inference cost with wide teacher blocks -----------------------
+def test_auto_needs_teacher_blocks(data):
+    X, y = data
+    with pytest.raises(ValueError, match="teacher='auto' needs teacher blocks"):
+        MedMIXClassifier(teacher="auto", **FAST).fit(X.drop(columns=teacher_columns(X)), y)
+
+
+def test_pickle_with_wide_teacher_blocks_within_five_percent(data):
+    X, y = data
+    rng = np.random.default_rng(0)
+    wide = pd.DataFrame(rng.normal(size=(len(X), 384)), columns=[f"teacher__notes__minilm__{k}" for k in range(384)])
+    Xw = pd.concat([X, wide], axis=1)
+    params = {**FAST, "early_stopping": False}
+    plain = MedMIXClassifier(**params).fit(X, y)
+    taught = MedMIXClassifier(teacher="auto", **params).fit(Xw, y)
+    size_plain, size_taught = len(pickle.dumps(plain)), len(pickle.dumps(taught))
+    assert size_taught <= 1.05 * size_plain
+    loaded = pickle.loads(pickle.dumps(taught))
+    assert loaded.feature_names_in_.dtype == object
+    np.testing.assert_array_equal(loaded.feature_names_in_, Xw.columns.to_numpy(dtype=object))
+    np.testing.assert_array_equal(loaded.predict_proba(Xw), taught.predict_proba(Xw))
+
+
+def test_name_runs_round_trip():
+    from medmix_sklearn.fusion._classifier import _name_runs, _names_from_runs
+
+    names = ["age", "x__1", "x__2", "x__3", "x__07", "x__8", "y__0", "y__2", "10", "11"]
+    runs = _name_runs(names)
+    assert runs == ["age", ("x__", 1, 4), "x__07", ("x__", 8, 9), ("y__", 0, 1), ("y__", 2, 3), ("", 10, 12)]
+    assert _names_from_runs(runs).tolist() == names

@@ -11,9 +11,11 @@ scikit-learn baselines on the same folds, and
 ``benchmarks/bench_classifier_speed.py --sweep`` varies them one at a time;
 CHANGELOG.md records what those runs decided. Teachers (``teacher=``) are
 training-only: alignment heads and cross-fitted soft labels enter the
-training loss, and are dropped at the end of ``fit``;
-``benchmarks/bench_teachers.py`` (docs/benchmarks/teachers.md) measures what
-they bring. They are options, off by default.
+training loss, and are dropped at the end of ``fit``; with ``unlabeled_value``
+set, rows without a label learn from the teacher terms alone
+(semi-supervised distillation). ``benchmarks/bench_teachers.py``
+(docs/benchmarks/teachers.md) measures what they bring. They are options,
+off by default.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ import pandas as pd
 import torch
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone, is_classifier
-from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -67,6 +72,10 @@ _DEFAULT_MODALITY = "features"
 # matrix whose layout was lost (the smallest embedding experts are this wide).
 _LAYOUT_WARN_WIDTH = 32
 _ALIGN = "align"
+_CONTRASTIVE = "contrastive"
+_AUTO = "auto"
+#: Temperature of the contrastive (InfoNCE) alignment's cosine similarities.
+_CONTRASTIVE_TEMPERATURE = 0.1
 
 
 class MedMIXClassifier(ClassifierMixin, BaseEstimator):
@@ -135,13 +144,16 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Epochs without improvement before stopping.
     class_weight : dict, "balanced" or None, default=None
         Per-class weights multiplied into the sample weights.
-    teacher : None, "align", classifier, or ("align", classifier), default=None
+    teacher : None, "auto", "align", "contrastive", classifier, or a tuple of these, default=None
         Training-only guidance from the teacher blocks of X (columns
         ``teacher__{modality}__...``, which :class:`MultimodalExpertEmbedder`
         fills in ``fit_transform`` only). Whatever is chosen, teacher blocks
         are never inputs of the network: ``predict`` does not read them.
 
         - ``None``: teacher blocks, if any, are ignored.
+        - ``"auto"`` (recommended when X has teacher blocks): the setting
+          that measured best in ``benchmarks/bench_teachers.py``
+          (docs/benchmarks/teachers.md), given below.
         - ``"align"``: each teacher block is a regression target for a small
           projection head (``Linear -> GELU -> Linear``) on a student
           representation: the token of the student modality of the same name,
@@ -149,6 +161,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
           (privileged data such as a report written after the image). The
           loss is ``align_weight * (1 - cosine)`` against the teacher
           embedding standardised per feature on the training rows.
+        - ``"contrastive"``: the same projections, trained jointly with the
+          task by a symmetric InfoNCE loss (weight ``align_weight``, cosine
+          similarities at temperature 0.1): each row's projection must pick
+          its own teacher embedding among those of the batch, so the student
+          learns what distinguishes patients in the teacher's view rather
+          than the teacher's average.
         - an unfitted scikit-learn classifier: cloned and cross-fitted inside
           ``fit`` on the training rows, with the student and teacher columns
           as input; its out-of-fold ``predict_proba`` (``teacher_cv`` folds,
@@ -157,7 +175,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
           ``distill_temperature``. Absent modalities reach it as NaN, so it
           must accept NaN: use e.g. ``HistGradientBoostingClassifier`` or a
           Pipeline that starts with ``SimpleImputer``.
-        - ``("align", classifier)``: both terms.
+        - a tuple combining ``"align"``, ``"contrastive"`` and at most one
+          classifier, e.g. ``("align", classifier)``: every term named.
+
+        ``"auto"`` is ``("align", LogisticRegression teacher)``; the teacher
+        estimator is mean imputation, standardisation and an L2 logistic
+        regression (``C=0.1``) on the student and teacher columns,
+        cross-fitted like any classifier given here.
 
         A row whose teacher blocks are all NaN gets no teacher term (for
         alignment: each teacher block counts only on the rows where it, and
@@ -166,8 +190,28 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         fitted model holds no teacher weights and costs the same to predict
         and to store as one trained without a teacher. ``partial_fit`` does
         not support teachers.
+    unlabeled_value : int, float, str or None, default=None
+        Label marking unlabelled rows in ``y`` (scikit-learn's semi-supervised
+        convention is -1). Those rows get no supervised loss; they train
+        through the teacher terms (the cross-fitted teacher's soft labels,
+        predicted for them by the fold models, which never saw them, where
+        their teacher blocks are present; the alignment terms) and through
+        the consistency of the prediction under modality dropout with the
+        prediction on every present modality (``consistency_weight``).
+        Unlabelled rows therefore need a ``teacher``: without one they are
+        refused. ``classes_`` holds the labelled classes only;
+        ``class_weight="balanced"`` and the teacher's folds are computed on
+        labelled rows; early stopping holds out labelled rows only (all
+        unlabelled rows are trained on). ``partial_fit`` refuses unlabelled
+        rows (it has no teacher). None: every value of ``y`` is a class.
+    consistency_weight : float, default=1.0
+        Weight of the consistency term on unlabelled rows: ``KL(p_full ||
+        p_dropped)`` between the prediction with every present modality (no
+        gradient) and the prediction under modality dropout. Unused when
+        every row is labelled.
     align_weight : float, default=1.0
-        Weight of the alignment term (``teacher`` with ``"align"``).
+        Weight of the alignment terms (``teacher`` with ``"align"`` or
+        ``"contrastive"``).
     distill_weight : float, default=1.0
         Weight of the distillation term (``teacher`` with a classifier).
     distill_temperature : float, default=2.0
@@ -217,6 +261,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     teacher_blocks_ : list of Block
         The teacher blocks that guided training (empty with ``teacher=None``).
         Only their layout is kept, no values or weights.
+    n_unlabeled_ : int
+        Unlabelled rows ``fit`` trained on (0 without ``unlabeled_value``).
     modality_names_ : list of str
         Modality names, in the order of the modality weights.
     device_ : str
@@ -266,7 +312,15 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "patience": [Interval(Integral, 1, None, closed="left")],
         "class_weight": [StrOptions({"balanced"}), dict, None],
-        "teacher": [None, StrOptions({_ALIGN}), HasMethods(["fit", "predict", "predict_proba"]), tuple, list],
+        "teacher": [
+            None,
+            StrOptions({_AUTO, _ALIGN, _CONTRASTIVE}),
+            HasMethods(["fit", "predict", "predict_proba"]),
+            tuple,
+            list,
+        ],
+        "unlabeled_value": [None, Real, str],
+        "consistency_weight": [Interval(Real, 0, None, closed="left")],
         "align_weight": [Interval(Real, 0, None, closed="left")],
         "distill_weight": [Interval(Real, 0, None, closed="left")],
         "distill_temperature": [Interval(Real, 0, None, closed="neither")],
@@ -296,6 +350,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         patience=8,
         class_weight=None,
         teacher=None,
+        unlabeled_value=None,
+        consistency_weight=1.0,
         align_weight=1.0,
         distill_weight=1.0,
         distill_temperature=2.0,
@@ -321,6 +377,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.class_weight = class_weight
         self.teacher = teacher
+        self.unlabeled_value = unlabeled_value
+        self.consistency_weight = consistency_weight
         self.align_weight = align_weight
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
@@ -369,7 +427,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Block matrix; NaN marks absent blocks (and missing tabular cells).
         y : array-like of shape (n_samples,)
-            Class labels (strings or integers).
+            Class labels (strings or integers); with ``unlabeled_value`` set,
+            the rows equal to it are unlabelled.
         sample_weight : array-like of shape (n_samples,), default=None
             Per-row weights.
 
@@ -377,7 +436,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : MedMIXClassifier
         """
-        align, teacher_estimator = self._teacher_modes()
+        alignment, teacher_estimator = self._teacher_modes()
         teacher_params = None
         if teacher_estimator is not None and get_config().get("enable_metadata_routing"):
             # As scikit-learn's meta-estimators do: the teacher gets what it requested.
@@ -385,33 +444,47 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             teacher_params = dict(process_routing(self, "fit", **metadata).teacher.fit)
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=[np.float64, np.float32])
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        check_classification_targets(y)
-        self._encoder = LabelEncoder().fit(y)
+        labeled = self._labeled_rows(y)
+        self.n_unlabeled_ = int((~labeled).sum())
+        if self.n_unlabeled_:
+            self._check_unlabeled(labeled, bool(alignment) or teacher_estimator is not None)
+        check_classification_targets(y[labeled])
+        self._encoder = LabelEncoder().fit(y[labeled])
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
             raise ValueError(
                 f"MedMIXClassifier needs samples of at least 2 classes; got 1 class "
                 f"({self.classes_[0]!r}). Check y."
             )
-        y_enc = self._encoder.transform(y)
+        # Unlabelled rows get a placeholder class; no supervised term reads it.
+        y_enc = np.zeros(len(y), dtype=np.intp)
+        y_enc[labeled] = self._encoder.transform(y[labeled])
         self._fit_preprocessing(X)
-        self._fit_pattern_prior(X, y_enc)
+        self._fit_pattern_prior(X[labeled], y_enc[labeled])
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        self.class_weight_ = self._class_weights(y_enc)
-        dataset = self._dataset(X, y_enc, sample_weight)
+        self.class_weight_ = self._class_weights(y_enc[labeled])
+        dataset = self._dataset(X, y_enc, sample_weight, labeled=labeled)
         aligner = None
-        if align or teacher_estimator is not None:
+        if alignment or teacher_estimator is not None:
             aligner = self._attach_teacher(
-                dataset, X, y_enc, sample_weight, align, teacher_estimator, teacher_params
+                dataset, X, y_enc, sample_weight, bool(alignment), teacher_estimator, labeled,
+                teacher_params,
             )
+            if self.n_unlabeled_ and not dataset.teacher.keys() - {"labeled"}:
+                raise ValueError(
+                    f"{self.n_unlabeled_} rows of y are unlabelled (unlabeled_value="
+                    f"{self.unlabeled_value!r}) but every teacher block is NaN in every row, so "
+                    "nothing would train them. Fit on the embedder's fit_transform output, or "
+                    "drop the unlabelled rows."
+                )
 
         valid = None
         train_idx = np.arange(len(y_enc))
         if self.early_stopping:
-            train_idx, valid_idx = self._validation_split(y_enc)
+            train_idx, valid_idx = self._validation_split(y_enc, labeled)
             if valid_idx is not None:
                 valid = dataset.subset(valid_idx)
-        self.net_ = self._build_net(valid, aligner=aligner)
+        self.net_ = self._build_net(valid, aligner=aligner, alignment=alignment)
         self.net_.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
         dict(self.net_.callbacks_)["epoch_log"].close()
         # Training-only: the heads and their optimizer go, so prediction and
@@ -461,7 +534,18 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self, X, y, ensure_all_finite="allow-nan", dtype=[np.float64, np.float32], reset=first
         )
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        labeled = self._labeled_rows(y)
+        if not labeled.all():
+            raise ValueError(
+                f"partial_fit got {int((~labeled).sum())} unlabelled rows (y equal to "
+                f"unlabeled_value={self.unlabeled_value!r}), but it has no teacher to train them "
+                "with (teachers are cross-fitted on a whole training set). Drop those rows, or "
+                "use fit with a teacher."
+            )
         check_classification_targets(y)
+        if classes is not None and self.unlabeled_value is not None:
+            classes = np.asarray(classes)
+            classes = classes[self._labeled_rows(classes)]  # classes_ never holds it
         if first:
             self._encoder = LabelEncoder().fit(np.unique(y) if classes is None else np.asarray(classes))
             self.classes_ = self._encoder.classes_
@@ -490,6 +574,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self.net_ = self._build_net(None)
             self.net_.initialize()
             self.n_iter_ = 0
+            self.n_unlabeled_ = 0
         dataset = self._dataset(X, y_enc, sample_weight)
         self.net_.partial_fit(dataset, None, epochs=1)
         self.n_iter_ += 1
@@ -558,6 +643,24 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         values = torch.cat([out.expert_weights, out.modality_weights], dim=1).double().numpy()
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame(values, columns=columns, index=index)
+
+    # -- persistence -------------------------------------------------------
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # object.__getstate__ may return __dict__ itself
+        names = state.pop("feature_names_in_", None)
+        if names is not None:
+            # Embedding columns are numbered runs ("report__minilm__0" .. "__383"): stored as
+            # runs of plain strings and ints, wide (teacher) blocks cost a few bytes in a
+            # pickle or model file instead of ~40 per column.
+            state["_feature_name_runs"] = _name_runs(names)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        runs = state.pop("_feature_name_runs", None)
+        if runs is not None:
+            state["feature_names_in_"] = _names_from_runs(runs)
+        super().__setstate__(state)
 
     # -- internals ---------------------------------------------------------
     def _resolve_layout(self, n_features: int) -> tuple[list[Block], list[Block]]:
@@ -685,30 +788,74 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         x = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
         return np.ascontiguousarray(x, dtype=np.float32), mask
 
-    def _dataset(self, X, y=None, sample_weight=None, where=None) -> BlockDataset:
+    def _dataset(self, X, y=None, sample_weight=None, where=None, labeled=None) -> BlockDataset:
+        """Network inputs; ``labeled`` (bool per row) marks a semi-supervised fit's labelled rows."""
         x, mask = self._prepare(X, where)
         if sample_weight is not None and self.class_weight_ is not None:
-            sample_weight = sample_weight * self.class_weight_[y]
-        return BlockDataset(x, mask, y, sample_weight)
+            factor = self.class_weight_[y]
+            if labeled is not None:
+                factor = np.where(labeled, factor, 1.0)  # an unlabelled row has no class
+            sample_weight = sample_weight * factor
+        teacher = None
+        if labeled is not None and not labeled.all():
+            teacher = {"labeled": labeled}
+        return BlockDataset(x, mask, y, sample_weight, teacher)
+
+    # -- semi-supervised -------------------------------------------------------
+    def _labeled_rows(self, y) -> np.ndarray:
+        """Bool per entry of ``y``: False where it equals ``unlabeled_value``."""
+        y = np.asarray(y)
+        if self.unlabeled_value is None:
+            return np.ones(len(y), dtype=bool)
+        # An object comparison works across types (a string label vs -1 is simply unequal).
+        return ~np.asarray(y.astype(object) == self.unlabeled_value, dtype=bool)
+
+    def _check_unlabeled(self, labeled: np.ndarray, has_teacher: bool) -> None:
+        n_unlabeled = int((~labeled).sum())
+        if not has_teacher:
+            raise ValueError(
+                f"{n_unlabeled} rows of y equal unlabeled_value={self.unlabeled_value!r}, but "
+                "teacher=None: without a teacher nothing trains unlabelled rows. Set teacher='auto' "
+                "(X needs teacher blocks, from MultimodalExpertEmbedder(teachers=...)), or drop "
+                "those rows."
+            )
+        if not labeled.any():
+            raise ValueError(
+                f"Every row of y equals unlabeled_value={self.unlabeled_value!r}: at least some "
+                "rows of every class must be labelled. Check y and unlabeled_value."
+            )
 
     # -- teachers ------------------------------------------------------------
-    def _teacher_modes(self) -> tuple[bool, object]:
-        """``(align, estimator)`` from the ``teacher`` parameter; raise if malformed."""
+    def _teacher_modes(self) -> tuple[tuple[str, ...], object]:
+        """``(alignment terms, estimator)`` from the ``teacher`` parameter; raise if malformed.
+
+        The alignment terms are a tuple of "cosine" (``"align"``) and
+        "contrastive"; the estimator is None or the unfitted teacher classifier.
+        """
         teacher = self.teacher
+        names = {_ALIGN: "cosine", _CONTRASTIVE: "contrastive"}
         if teacher is None:
-            return False, None
+            return (), None
         if isinstance(teacher, str):
-            return True, None  # "align", checked by the parameter constraints
+            if teacher == _AUTO:
+                return ("cosine",), _default_teacher()
+            return (names[teacher],), None  # checked by the parameter constraints
         if not isinstance(teacher, (tuple, list)):
-            return False, self._check_teacher_estimator(teacher)
-        if len(teacher) == 2:
-            strings = [t for t in teacher if isinstance(t, str)]
-            others = [t for t in teacher if not isinstance(t, str)]
-            if strings == [_ALIGN] and len(others) == 1:
-                return True, self._check_teacher_estimator(others[0])
+            return (), self._check_teacher_estimator(teacher)
+        strings = [t for t in teacher if isinstance(t, str)]
+        others = [t for t in teacher if not isinstance(t, str)]
+        if (
+            len(teacher) >= 2
+            and len(others) <= 1
+            and len(set(strings)) == len(strings)
+            and set(strings) <= set(names)
+        ):
+            estimator = self._check_teacher_estimator(others[0]) if others else None
+            return tuple(names[t] for t in names if t in strings), estimator
         raise ValueError(
-            "teacher must be None, 'align', an unfitted classifier, or the pair "
-            f"('align', classifier) to use both. Got {teacher!r} instead."
+            "teacher must be None, 'align', 'contrastive', 'auto', an unfitted classifier, or a "
+            "tuple of at least two of them with each string at most once and at most one "
+            f"classifier, such as ('align', classifier). Got {teacher!r} instead."
         )
 
     @staticmethod
@@ -734,6 +881,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         sample_weight: np.ndarray,
         align: bool,
         estimator,
+        labeled: np.ndarray,
         teacher_params: dict | None = None,
     ) -> dict | None:
         """Add the teacher tensors to ``dataset``; return the alignment heads' spec."""
@@ -774,51 +922,86 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 ],
             }
         if estimator is not None:
-            soft = self._cross_fit_teacher(estimator, X, y_enc, sample_weight, teacher_params)
+            soft = self._cross_fit_teacher(estimator, X, y_enc, sample_weight, labeled, teacher_params)
             dataset.teacher["soft_target"] = torch.as_tensor(soft, dtype=torch.float32)
             dataset.teacher["soft_mask"] = torch.as_tensor(present.any(axis=1))
         return aligner
 
     def _cross_fit_teacher(
-        self, estimator, X: np.ndarray, y_enc: np.ndarray, sample_weight, routed: dict | None = None
+        self,
+        estimator,
+        X: np.ndarray,
+        y_enc: np.ndarray,
+        sample_weight,
+        labeled: np.ndarray,
+        routed: dict | None = None,
     ) -> np.ndarray:
-        """Out-of-fold class probabilities of the teacher on student + teacher columns."""
+        """Class probabilities of the teacher on student + teacher columns, never in-sample.
+
+        Labelled rows get their out-of-fold probabilities (each fold model is
+        fitted on the other labelled rows); unlabelled rows, which no fold
+        model was fitted on, get the mean of the fold models' probabilities.
+        ``routed``: the fit parameters metadata routing sends to the teacher
+        (per-row ones are split with the rows), or None without routing.
+        """
         columns = np.concatenate(
             [self._columns] + [np.asarray(b.columns, dtype=np.intp) for b in self.teacher_blocks_]
         )
         X_teacher = X[:, columns]
+        rows = np.flatnonzero(labeled)
+        unlabeled = np.flatnonzero(~labeled)
+        X_lab, y_lab, w_lab = X_teacher[rows], y_enc[rows], sample_weight[rows]
         cv = self.teacher_cv
         if isinstance(cv, Integral):
-            smallest = int(np.bincount(y_enc).min())
+            smallest = int(np.bincount(y_lab).min())
             if smallest < 2:
                 raise ValueError(
-                    "Cross-fitting the teacher needs at least 2 rows of every class; the "
+                    "Cross-fitting the teacher needs at least 2 labelled rows of every class; the "
                     f"smallest class has {smallest}. Use teacher='align' or more data."
                 )
             cv = StratifiedKFold(n_splits=min(int(cv), smallest), shuffle=True, random_state=self.seed_)
-        if routed is not None:  # metadata routing is on: what the teacher requested
-            params = routed
-        else:
-            params = {}
-            if not np.all(sample_weight == 1.0) and has_fit_parameter(estimator, "sample_weight"):
-                params["sample_weight"] = sample_weight
-        try:
-            with warnings.catch_warnings():
-                # Folds without some class are fine: their columns come back as 0.
-                warnings.filterwarnings("ignore", message=".*least populated class.*")
-                proba = cross_val_predict(
-                    clone(estimator), X_teacher, y_enc, cv=cv, method="predict_proba", params=params
-                )
-        except ValueError as exc:
-            if "nan" in str(exc).lower():
-                raise ValueError(
-                    f"The teacher estimator {estimator!r} does not accept NaN, which marks "
-                    "absent modalities in X. Use an estimator that handles NaN (such as "
-                    "HistGradientBoostingClassifier) or a Pipeline that starts with "
-                    f"SimpleImputer. The error was: {exc}"
-                ) from exc
-            raise
-        return np.asarray(proba, dtype=np.float64)
+        weighted = not np.all(sample_weight == 1.0) and has_fit_parameter(estimator, "sample_weight")
+        n_classes = len(self.classes_)
+        proba = np.zeros((len(y_enc), n_classes))
+        seen = np.zeros(len(rows), dtype=int)
+        n_folds = 0
+        with warnings.catch_warnings():
+            # Folds without some class are fine: their columns come back as 0.
+            warnings.filterwarnings("ignore", message=".*least populated class.*")
+            folds = list(cv.split(X_lab, y_lab))
+        for train, test in folds:
+            model = clone(estimator)
+            if routed is not None:  # metadata routing is on: what the teacher requested
+                params = {k: _rows_of(v, rows[train], len(y_enc)) for k, v in routed.items()}
+            else:
+                params = {"sample_weight": w_lab[train]} if weighted else {}
+            try:
+                model.fit(X_lab[train], y_lab[train], **params)
+            except ValueError as exc:
+                if "nan" in str(exc).lower():
+                    raise ValueError(
+                        f"The teacher estimator {estimator!r} does not accept NaN, which marks "
+                        "absent modalities in X. Use an estimator that handles NaN (such as "
+                        "HistGradientBoostingClassifier) or a Pipeline that starts with "
+                        f"SimpleImputer. The error was: {exc}"
+                    ) from exc
+                raise
+            # A fold may lack a class: its column stays 0.
+            where = np.asarray(model.classes_, dtype=np.intp)
+            proba[np.ix_(rows[test], where)] = model.predict_proba(X_lab[test])
+            if len(unlabeled):
+                proba[np.ix_(unlabeled, where)] += model.predict_proba(X_teacher[unlabeled])
+            seen[test] += 1
+            n_folds += 1
+        if not np.all(seen == 1):
+            raise ValueError(
+                f"teacher_cv={self.teacher_cv!r} must put every labelled training row in exactly "
+                "one test fold (a partition, like KFold), so that each gets one out-of-fold "
+                "prediction. Use an int or a KFold-like splitter."
+            )
+        if len(unlabeled):
+            proba[unlabeled] /= n_folds
+        return proba
 
     def _class_weights(self, y_enc: np.ndarray) -> np.ndarray | None:
         """Per-class weights in the order of ``classes_`` (None without class_weight)."""
@@ -837,22 +1020,23 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             )
         return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
 
-    def _validation_split(self, y_enc: np.ndarray):
-        idx = np.arange(len(y_enc))
+    def _validation_split(self, y_enc: np.ndarray, labeled: np.ndarray):
+        """Stratified held-out labelled rows; every unlabelled row is trained on."""
+        idx = np.flatnonzero(labeled)
         try:
             train_idx, valid_idx = train_test_split(
-                idx, test_size=self.validation_fraction, stratify=y_enc, random_state=self.seed_
+                idx, test_size=self.validation_fraction, stratify=y_enc[idx], random_state=self.seed_
             )
         except ValueError as exc:
             warnings.warn(
                 f"early_stopping is on but a stratified validation split of "
                 f"validation_fraction={self.validation_fraction} is impossible on "
-                f"{len(y_enc)} rows ({exc}); training on all rows for max_epochs instead.",
+                f"{len(idx)} labelled rows ({exc}); training on all rows for max_epochs instead.",
                 UserWarning,
                 stacklevel=4,
             )
-            return idx, None
-        return np.sort(train_idx), np.sort(valid_idx)
+            return np.arange(len(y_enc)), None
+        return np.sort(np.concatenate([train_idx, np.flatnonzero(~labeled)])), np.sort(valid_idx)
 
     def _restore_net(self) -> FusionNet:
         """An initialised net for this fitted classifier, on a device that exists here.
@@ -902,7 +1086,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         return MedMIXNetwork, module_params, criterion_params
 
     def _build_net(
-        self, valid: BlockDataset | None, aligner: dict | None = None, device: str | None = None
+        self,
+        valid: BlockDataset | None,
+        aligner: dict | None = None,
+        device: str | None = None,
+        alignment: tuple = (),
     ) -> FusionNet:
         callbacks = [("epoch_log", EpochLog(verbose=self.verbose, total=self.max_epochs))]
         if valid is not None:
@@ -917,8 +1105,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             module=module,
             **{f"module__{k}": v for k, v in module_params.items()},
             aligner=aligner,
+            alignment=alignment,
             criterion=FusionLoss,
             **{f"criterion__{k}": v for k, v in criterion_params.items()},
+            criterion__contrastive_temperature=_CONTRASTIVE_TEMPERATURE,
+            criterion__consistency_weight=self.consistency_weight,
             optimizer=torch.optim.AdamW,
             lr=self.lr,
             optimizer__weight_decay=self.weight_decay,
@@ -991,6 +1182,58 @@ def _nan_standardisation(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         scaler = StandardScaler().fit(values)
     return np.nan_to_num(scaler.mean_, nan=0.0), np.nan_to_num(scaler.scale_, nan=1.0)
+
+
+def _rows_of(value, rows: np.ndarray, n_samples: int):
+    """``value[rows]`` for per-row metadata (length ``n_samples``); other values as they are."""
+    if hasattr(value, "__len__") and not isinstance(value, (str, dict)) and len(value) == n_samples:
+        return np.asarray(value)[rows]
+    return value
+
+
+def _name_runs(names) -> list:
+    """Column names as a list of plain strings and ``(prefix, start, stop)`` runs.
+
+    A run stands for ``prefix + str(k)`` for ``k`` in ``range(start, stop)``;
+    only builtins are used, so the file needs no class of this module to load
+    them.
+    """
+    out: list = []
+    for name in names:
+        name = str(name)
+        stem = name.rstrip("0123456789")
+        digits = name[len(stem):]
+        if digits and str(int(digits)) == digits:
+            k = int(digits)
+            last = out[-1] if out else None
+            if isinstance(last, tuple) and last[0] == stem and last[2] == k:
+                out[-1] = (stem, last[1], k + 1)
+                continue
+            out.append((stem, k, k + 1))
+        else:
+            out.append(name)
+    return out
+
+
+def _names_from_runs(runs: list) -> np.ndarray:
+    """Inverse of :func:`_name_runs`: the object array scikit-learn keeps."""
+    names: list[str] = []
+    for item in runs:
+        if isinstance(item, tuple):
+            stem, start, stop = item
+            names.extend(f"{stem}{k}" for k in range(start, stop))
+        else:
+            names.append(item)
+    return np.asarray(names, dtype=object)
+
+
+def _default_teacher():
+    """The teacher estimator of ``teacher="auto"``: imputed, standardised L2 logistic regression."""
+    return make_pipeline(
+        SimpleImputer(keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=0.1, max_iter=1000),
+    )
 
 
 def _log_info(message: str) -> None:

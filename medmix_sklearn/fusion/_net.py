@@ -48,6 +48,7 @@ TEACHER_KEYS = {
     "teacher_mask": torch.bool,  # (n, n_teacher_blocks)
     "soft_target": torch.float32,  # (n, n_classes) teacher probabilities
     "soft_mask": torch.bool,  # (n,) rows that have a soft label
+    "labeled": torch.bool,  # (n,) rows with a label (semi-supervised fits only)
 }
 _NETWORK_INPUTS = ("x", "mask")
 
@@ -184,12 +185,16 @@ class FusionNet(NeuralNet):
         for none.
     random_state : int, default=0
         Seed of ``generator_``, the source of every random draw.
+    alignment : tuple of {"cosine", "contrastive"}, default=("cosine",)
+        Which alignment terms the heads' projections enter (both share the
+        heads).
     """
 
-    def __init__(self, module, criterion, *, aligner=None, random_state=0, **kwargs):
+    def __init__(self, module, criterion, *, aligner=None, random_state=0, alignment=("cosine",), **kwargs):
         super().__init__(module, criterion, **kwargs)
         self.aligner = aligner
         self.random_state = random_state
+        self.alignment = alignment
 
     def initialize(self):
         self.generator_ = torch.Generator().manual_seed(int(self.random_state))
@@ -247,32 +252,58 @@ class FusionNet(NeuralNet):
             ("valid_loss", PassthroughScoring(name="valid_loss")),
         ]
 
+    def _consistency(self, X, training: bool) -> bool:
+        """Whether this training batch gets the consistency term (it has unlabelled rows)."""
+        return (
+            training
+            and isinstance(X, dict)
+            and "labeled" in X
+            and getattr(self.criterion_, "consistency_weight", 0) > 0
+            and not bool(torch.as_tensor(X["labeled"]).all())
+        )
+
     def infer(self, x, **fit_params):
-        x = {key: value for key, value in x.items() if key in _NETWORK_INPUTS}
-        if self.module_.training:
+        inputs = {key: value for key, value in x.items() if key in _NETWORK_INPUTS}
+        training = self.module_.training
+        if training:
             fit_params = {**fit_params, "generator": self.__dict__.get("_dropout_generator")}
             if getattr(self, "aligner_", None) is not None:
                 fit_params["return_tokens"] = True
-        return super().infer(x, **fit_params)
+        out = super().infer(inputs, **fit_params)
+        if self._consistency(x, training):
+            # The target of the consistency term: every present modality, no gradient.
+            with torch.no_grad():
+                full = super().infer(
+                    inputs, generator=fit_params.get("generator"), drop_modalities=False
+                )[0]
+            out = tuple(out) + (full,)
+        return out
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y_true = to_tensor(y_true, device=self.device)
-        sample_weight = align = distill = None
+        sample_weight = align = contrast = distill = labeled = full_logits = None
         if isinstance(X, dict):
             if "sample_weight" in X:
                 sample_weight = to_tensor(X["sample_weight"], device=self.device)
+            if "labeled" in X:
+                labeled = to_tensor(X["labeled"], device=self.device)
             if training and "teacher_x" in X and getattr(self, "aligner_", None) is not None:
                 mod_tokens, fused = y_pred[5], y_pred[6]
                 predictions, source_present = self.aligner_(mod_tokens, fused, y_pred[4])
                 teacher_mask = to_tensor(X["teacher_mask"], device=self.device)
-                align = (predictions, to_tensor(X["teacher_x"], device=self.device), teacher_mask & source_present)
+                spec = (predictions, to_tensor(X["teacher_x"], device=self.device), teacher_mask & source_present)
+                align = spec if "cosine" in self.alignment else None
+                contrast = spec if "contrastive" in self.alignment else None
             if training and "soft_target" in X:
                 distill = (
                     to_tensor(X["soft_target"], device=self.device),
                     to_tensor(X["soft_mask"], device=self.device),
                 )
+            if self._consistency(X, training):
+                full_logits = y_pred[-1]
         loss = self.criterion_(
-            y_pred, y_true, sample_weight, training=training, align=align, distill=distill
+            y_pred, y_true, sample_weight, training=training, align=align, contrast=contrast,
+            distill=distill, labeled=labeled, full_logits=full_logits,
         )
         penalty = getattr(self.module_, "penalty", None)
         if training and penalty is not None:

@@ -341,6 +341,7 @@ class MedMIXNetwork(nn.Module):
         mask: torch.Tensor,
         return_tokens: bool = False,
         generator: torch.Generator | None = None,
+        drop_modalities: bool = True,
     ) -> tuple[torch.Tensor, ...]:
         """Run the network.
 
@@ -358,6 +359,10 @@ class MedMIXNetwork(nn.Module):
         generator : torch.Generator, default=None
             Source of the dropout and modality-dropout draws in training (on
             the device of ``x``); None uses torch's process-wide generator.
+        drop_modalities : bool, default=True
+            Apply modality dropout (in training mode only). False gives the
+            prediction with every present modality, the target of the
+            semi-supervised consistency term.
 
         Returns
         -------
@@ -372,7 +377,7 @@ class MedMIXNetwork(nn.Module):
         mod_tokens = torch.einsum("nb,bm,nbh->nmh", expert_weights, self.membership.to(x.dtype), tokens)
         mod_mask = (mask.to(x.dtype) @ self.membership.to(x.dtype)) > 0
         fuse_mask = mod_mask
-        if self.training and self.modality_dropout > 0:
+        if self.training and drop_modalities and self.modality_dropout > 0:
             fuse_mask = self._drop_modalities(mod_mask, generator)
         fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
         norm, drop, linear = self.head
