@@ -528,7 +528,8 @@ def test_semi_supervised_fit_classes_split_and_weights(data):
     ).fit(X, ys)
     assert clf.classes_.tolist() == [0, 1]
     assert clf.n_unlabeled_ == int((~labeled).sum()) > 0
-    np.testing.assert_allclose(clf.class_weight_, compute_class_weight("balanced", classes=np.array([0, 1]), y=ys[labeled]))
+    expected = compute_class_weight("balanced", classes=np.array([0, 1]), y=ys[labeled])
+    np.testing.assert_allclose(clf.class_weight_, expected)
     # Early stopping holds out labelled rows only: 10% of them, every unlabelled row trains.
     train_idx, valid_idx = clf._validation_split(np.where(labeled, ys, 0), labeled)
     assert len(valid_idx) == int(np.ceil(0.1 * labeled.sum())) and labeled[valid_idx].all()
@@ -554,9 +555,11 @@ def test_unlabelled_rows_need_a_teacher(data):
         MedMIXClassifier(unlabeled_value=-1, **FAST).fit(X, ys)
     with pytest.raises(ValueError, match="Every row of y equals unlabeled_value"):
         MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, np.full(len(y), -1))
-    with pytest.raises(ValueError, match="every teacher block is NaN in every row"):
-        with pytest.warns(MissingModalityWarning):
-            MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(blank_teachers(X), ys)
+    with (
+        pytest.raises(ValueError, match="every teacher block is NaN in every row"),
+        pytest.warns(MissingModalityWarning),
+    ):
+        MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(blank_teachers(X), ys)
     # Without unlabeled_value, -1 is an ordinary class.
     clf = MedMIXClassifier(**FAST).fit(X.iloc[:120], ys[:120])
     assert -1 in clf.classes_
