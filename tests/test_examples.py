@@ -100,7 +100,7 @@ def test_optuna_search(tmp_path, route, tiny_text_model_dir):
 
 def test_teacher_distillation(tmp_path):
     result = load_example("teacher_distillation").main(tiny=True, workdir=str(tmp_path))
-    assert set(result["scores"]) == {"no teacher", "align", "distill", "align + distill"}
+    assert set(result["scores"]) == {"no teacher", "align", "distill", "align + distill", "auto"}
     for scores in result["scores"].values():
         assert scores.shape == (3,) and np.isfinite(scores).all()
     # The teacher terms change what is learned (same folds and seeds otherwise).
