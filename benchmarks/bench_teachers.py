@@ -560,6 +560,8 @@ def report(doc: dict, out: str) -> str:
     ]
     for extra in meta.get("merged", []):
         lines.append(f"Fits added from `{extra['command']}` ({extra['date']}; {extra['wall_seconds'] / 60:.1f} min).")
+        lines.append("Merged into this page with `.venv/bin/python benchmarks/bench_teachers.py --report-only "
+                     "--merge benchmarks/out/extra/teachers.json`.")
     lines += [
         "",
         "Design: per seed, a stratified 75/25 train/test split; `n` training rows (stratified) keep",
