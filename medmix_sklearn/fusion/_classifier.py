@@ -151,9 +151,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         are never inputs of the network: ``predict`` does not read them.
 
         - ``None``: teacher blocks, if any, are ignored.
-        - ``"auto"`` (recommended when X has teacher blocks): the setting
-          that measured best in ``benchmarks/bench_teachers.py``
-          (docs/benchmarks/teachers.md), given below.
+        - ``"auto"`` (recommended when X has teacher blocks): the
+          combination chosen with ``benchmarks/bench_teachers.py``, given
+          below. docs/benchmarks/teachers.md reports what it brings: on
+          OpenI, level with no teacher (all rows labelled, or 300 labelled
+          plus unlabelled rows), and well above the shuffled- and
+          self-teacher controls.
         - ``"align"``: each teacher block is a regression target for a small
           projection head (``Linear -> GELU -> Linear``) on a student
           representation: the token of the student modality of the same name,
