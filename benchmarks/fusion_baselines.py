@@ -462,8 +462,10 @@ class _PublishedFusionClassifier(MedMIXClassifier):
     _method_params: tuple = ()
     _aux_weight: float = 0.0
     # MedMIXClassifier's fit reads these; the published methods have no teacher
-    # and no class weights.
+    # and no class weights, and every row is labelled.
     teacher = None
+    unlabeled_value = None
+    consistency_weight = 0.0
     class_weight = None
     pattern_prior = False
     _parameter_constraints: dict = {k: MedMIXClassifier._parameter_constraints[k] for k in _SHARED}
