@@ -334,3 +334,36 @@ def test_embedder_embeds_volume_files_with_missing_rows_and_caches(phantom, tmp_
     ).fit_transform(frame))
     np.testing.assert_allclose(again, out, equal_nan=True)
     assert not any(e.is_loaded for e in fresh)  # every row came from the cache
+
+
+def test_warm_pass_over_a_series_folder_reads_no_slice(phantom, tmp_path, monkeypatch):
+    import medmix_sklearn.experts._volume as volume_module
+
+    series = tmp_path / "series"
+    write_dicom_series(phantom, SPACING, series)
+    # Treat the slices as old enough to trust (their change times cannot be set back).
+    monkeypatch.setattr("medmix_sklearn.embedding._cache.RACY_SECONDS", -1e9)
+    frame = pd.DataFrame({"ct": [str(series)]})
+
+    def embed():
+        expert = VolumeExpert("test_i3resnet", pretrained=False, input_shape=(8, 16, 16))
+        embedder = MultimodalExpertEmbedder(
+            [("ct", [expert], "ct")], cache_dir=tmp_path / "cache", device="cpu"
+        )
+        return np.asarray(embedder.fit_transform(frame))
+
+    hashed = []
+    real_key = volume_module.volume_content_key
+    monkeypatch.setattr(
+        volume_module, "volume_content_key", lambda item: hashed.append(item) or real_key(item)
+    )
+    cold = embed()
+    assert len(hashed) == 1
+    warm = embed()
+    assert len(hashed) == 1  # the key came from the slices' identity, no slice was read
+    np.testing.assert_array_equal(warm, cold)
+    # A slice rewritten with other voxels gets a new identity, so the folder is hashed again.
+    write_dicom_series(phantom + 100.0, SPACING, series)
+    changed = embed()
+    assert len(hashed) == 2
+    assert not np.allclose(changed, cold)

@@ -12,11 +12,11 @@ from numbers import Integral
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..exceptions import ExpertNotFoundError
+from ..exceptions import ExpertNotFoundError, ItemReadError
 from ._base import BaseExpert, sanitize_name
 from ._io import file_sha256
 from ._registry import Preset, find_preset, list_presets, not_found_message
-from ._volume_io import Volume, read_volume, resample_volume, volume_content_key
+from ._volume_io import Volume, read_volume, resample_volume, series_files, volume_content_key
 
 __all__ = ["VolumeExpert", "CT_WINDOWS", "list_volume_architectures"]
 
@@ -401,6 +401,26 @@ class VolumeExpert(BaseExpert):
     def content_key(self, item) -> str:
         """Hex digest of the volume's content (file bytes, series files, or array)."""
         return volume_content_key(item)
+
+    def item_files(self, item):
+        """The file, or a series folder's DICOM files, whose bytes make the content key.
+
+        The embedder remembers the key by these files' identity, so a warm pass
+        lists the folder and stats its slices instead of reading them. Arrays
+        have no files (None).
+        """
+        if not isinstance(item, (str, os.PathLike)):
+            return None
+        path = os.fspath(item)
+        if not isinstance(path, str) or not path.strip():
+            return None
+        if os.path.isdir(path):
+            try:
+                files = series_files(path)
+            except ItemReadError:
+                return None  # content_key raises the error that names the folder
+            return tuple(files) or None
+        return (path,)
 
     def read(self, item) -> Volume:
         """Decode a NIfTI file, DICOM series folder, array or ``(array, spacing)``."""
