@@ -1,0 +1,51 @@
+"""MedMIXClassifier's expert_bottleneck: wide expert blocks reduced to principal components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medmix_sklearn import MedMIXClassifier
+
+
+def _data(n=120, wide=60, seed=0):
+    rng = np.random.default_rng(seed)
+    clinical = rng.normal(size=(n, 3))
+    y = (clinical[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
+    image = rng.normal(size=(n, wide)) + y[:, None] * 0.3
+    image[: n // 4] = np.nan  # absent for a quarter of the rows
+    columns = [f"clinical__c{k}" for k in range(3)] + [f"img__net__{k}" for k in range(wide)]
+    return pd.DataFrame(np.hstack([clinical, image]), columns=columns), y
+
+
+@pytest.mark.parametrize("bottleneck, width", [("auto", 9), (4, 4), (None, 60), (500, 60)])
+def test_width_of_expert_blocks(bottleneck, width):
+    X, y = _data()
+    clf = MedMIXClassifier(expert_bottleneck=bottleneck, max_epochs=1, early_stopping=False,
+                           random_state=0).fit(X, y)
+    # "auto": 90 training rows hold the image block -> 9 components; tabular blocks stay whole.
+    assert clf.network_params_["block_dims"] == [3, width]
+    assert clf.predict_proba(X).shape == (len(X), 2)
+
+
+def test_components_are_unit_variance_and_absent_rows_stay_zero():
+    X, y = _data()
+    clf = MedMIXClassifier(expert_bottleneck=5, max_epochs=1, early_stopping=False, random_state=0).fit(X, y)
+    x, mask = clf._prepare(X.to_numpy())
+    reduced = x[:, 3:]
+    present = mask[:, 1]
+    np.testing.assert_allclose(reduced[present].std(axis=0, ddof=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(reduced[present].mean(axis=0), 0.0, atol=1e-5)
+    assert not reduced[~present].any()
+    # The components are uncorrelated on the training rows.
+    corr = np.corrcoef(reduced[present].T)
+    np.testing.assert_allclose(corr, np.eye(5), atol=1e-4)
+
+
+def test_invalid_bottleneck_is_rejected():
+    X, y = _data()
+    with pytest.raises(ValueError, match="expert_bottleneck"):
+        MedMIXClassifier(expert_bottleneck=0).fit(X, y)
+    with pytest.raises(ValueError, match="expert_bottleneck"):
+        MedMIXClassifier(expert_bottleneck="pca").fit(X, y)
