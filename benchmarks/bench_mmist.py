@@ -45,7 +45,6 @@ import time
 import warnings
 
 import numpy as np
-import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -99,14 +98,7 @@ BASELINES = {
 
 #: MedMIX variants measured while looking for the cause (``--candidates``).
 CANDIDATES = {
-    "no early stopping (60 epochs)": dict(early_stopping=False),
-    "modality dropout off": dict(modality_dropout=0.0),
-    "class_weight='balanced'": dict(class_weight="balanced"),
-    "weight_decay=1e-2": dict(weight_decay=1e-2),
-    "aux heads off": dict(aux_weight=0.0),
-    "hidden_dim=16": dict(hidden_dim=16),
-    "modality_fusion='concat'": dict(modality_fusion="concat"),
-    "validation_fraction=0.2, patience=15": dict(validation_fraction=0.2, patience=15),
+    "expert_bottleneck=None (the default before this benchmark)": dict(expert_bottleneck=None),
 }
 CANDIDATE_SUBSETS = ["clinical", *(f"clinical+{m}" for m in MODALITIES[1:]), ALL]
 
@@ -205,7 +197,8 @@ def summarise(results: dict) -> dict:
 
 
 def _fmt(s: dict, scale: float = 1.0) -> str:
-    return f"{s['mean'] * scale:.3f} ± {s['std'] * scale:.3f}" if scale == 1.0 else f"{s['mean'] * scale:.1f} ± {s['std'] * scale:.1f}"
+    digits = 3 if scale == 1.0 else 1
+    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
 def verdict(summ: dict) -> dict:
@@ -293,7 +286,8 @@ def report(doc: dict, out: str, notes: str) -> str:
             "MedMIX defaults with one change each, same folds. 'worst change' is the largest drop from",
             "adding one modality (or all) to the clinical block, paired over folds.",
             "",
-            "| variant | clinical | clinical+genomics | clinical+ct | clinical+mri | clinical+wsi | all | worst change |",
+            "| variant | clinical | clinical+genomics | clinical+ct | clinical+mri | clinical+wsi | all "
+            "| worst change |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for m in ["MedMIX (defaults)", *cands]:
@@ -344,23 +338,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--candidates", action="store_true", help="also measure the fusion candidates")
     parser.add_argument("--out", default=None, help="output folder (default docs/benchmarks)")
     parser.add_argument("--notes", default=None, help="markdown file appended to the page")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the page from the JSON of the last run (with --notes)")
     args = parser.parse_args(argv)
+    out = args.out or (os.path.join(HERE, "out", "mmist") if args.quick else os.path.join(ROOT, "docs", "benchmarks"))
+    notes = open(args.notes).read() if args.notes else ""
+    if args.report_only:
+        with open(os.path.join(out, "mmist_ccrcc.json")) as fh:
+            doc = json.load(fh)
+        if args.notes and "--notes" not in doc["meta"]["command"]:
+            doc["meta"]["command"] += f" --notes {os.path.relpath(args.notes, ROOT)}"
+        with open(os.path.join(out, "mmist_ccrcc.json"), "w") as fh:
+            json.dump(doc, fh, indent=1)
+        print(report(doc, out, notes))
+        return doc
     import torch
 
     torch.set_num_threads(1)
     from medmix_sklearn.datasets import load_mmist_ccrcc
 
     seeds = 1 if args.quick else args.seeds
-    out = args.out or (os.path.join(HERE, "out", "mmist") if args.quick else os.path.join(ROOT, "docs", "benchmarks"))
     os.makedirs(out, exist_ok=True)
     machine = machine_description()
     start = time.perf_counter()
     bunch = load_mmist_ccrcc(args.data)
     results = run(bunch, seeds, args.candidates, lambda s: print(s, flush=True))
     summ = summarise(results)
-    command = "python benchmarks/bench_mmist.py --data PATH" + (" --quick" if args.quick else "") + (
-        f" --seeds {args.seeds}" if args.seeds != 3 and not args.quick else "") + (
-        " --candidates" if args.candidates else "") + (f" --notes {os.path.relpath(args.notes, ROOT)}" if args.notes else "")
+    command = "python benchmarks/bench_mmist.py --data PATH"
+    command += " --quick" if args.quick else (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+    command += " --candidates" if args.candidates else ""
+    command += f" --notes {os.path.relpath(args.notes, ROOT)}" if args.notes else ""
     doc = {
         "meta": {
             "command": command,
@@ -376,7 +383,6 @@ def main(argv=None) -> dict:
     }
     with open(os.path.join(out, "mmist_ccrcc.json"), "w") as fh:
         json.dump(doc, fh, indent=1)
-    notes = open(args.notes).read() if args.notes else ""
     print(report(doc, out, notes))
     return doc
 

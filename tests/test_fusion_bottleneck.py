@@ -19,14 +19,29 @@ def _data(n=120, wide=60, seed=0):
     return pd.DataFrame(np.hstack([clinical, image]), columns=columns), y
 
 
-@pytest.mark.parametrize("bottleneck, width", [("auto", 9), (4, 4), (None, 60), (500, 60)])
+@pytest.mark.parametrize("bottleneck, width", [(4, 4), (None, 60), (500, 60)])
 def test_width_of_expert_blocks(bottleneck, width):
     X, y = _data()
     clf = MedMIXClassifier(expert_bottleneck=bottleneck, max_epochs=1, early_stopping=False,
                            random_state=0).fit(X, y)
-    # "auto": 90 training rows hold the image block -> 9 components; tabular blocks stay whole.
-    assert clf.network_params_["block_dims"] == [3, width]
+    assert clf.network_params_["block_dims"] == [3, width]  # tabular blocks stay whole
     assert clf.predict_proba(X).shape == (len(X), 2)
+
+
+def test_auto_width_follows_the_rarest_class_where_the_block_is_present():
+    X, y = _data(n=200, wide=60)
+    # Imbalance the rows that have the image block: keep 22 of its class-1 rows.
+    present = ~X.filter(like="img__").isna().all(axis=1).to_numpy()
+    ones = np.flatnonzero(present & (y == 1))
+    keep = np.ones(len(y), dtype=bool)
+    keep[ones[22:]] = False
+    X, y = X[keep], y[keep]
+    clf = MedMIXClassifier(max_epochs=1, early_stopping=False, random_state=0).fit(X, y)
+    assert clf.network_params_["block_dims"] == [3, 22 // 5]
+    # A balanced block seen in many rows keeps more components, never more than its width.
+    X, y = _data(n=2000, wide=60)
+    clf = MedMIXClassifier(max_epochs=1, early_stopping=False, random_state=0).fit(X, y)
+    assert clf.network_params_["block_dims"] == [3, 60]
 
 
 def test_components_are_unit_variance_and_absent_rows_stay_zero():
