@@ -64,3 +64,14 @@ def test_invalid_bottleneck_is_rejected():
         MedMIXClassifier(expert_bottleneck=0).fit(X, y)
     with pytest.raises(ValueError, match="expert_bottleneck"):
         MedMIXClassifier(expert_bottleneck="pca").fit(X, y)
+
+
+def test_reduced_model_round_trips_through_a_model_file(tmp_path):
+    from medmix_sklearn import load_model, save_model
+
+    X, y = _data()
+    clf = MedMIXClassifier(expert_bottleneck=5, max_epochs=2, early_stopping=False, random_state=0).fit(X, y)
+    save_model(clf, tmp_path / "model.medmix", X=X)
+    loaded = load_model(tmp_path / "model.medmix")
+    assert loaded.network_params_["block_dims"] == [3, 5]
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
