@@ -53,6 +53,7 @@ sys.path.insert(0, ROOT)
 
 from _baselines import LateFusionClassifier, make_hgb, make_logistic, make_mlp, quiet_fit  # noqa: E402
 from _common import machine_description  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
@@ -122,6 +123,9 @@ def scores(y: np.ndarray, p_death: np.ndarray, threshold: float) -> dict:
 
 
 def fit_score(build, seed, X, y, train, test) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = quiet_fit(build(seed), X.iloc[train], y[train])
@@ -139,7 +143,7 @@ def jobs(candidates: bool) -> list[tuple[str, str, object]]:
     return out
 
 
-def run(bunch, seeds: int, candidates: bool, log) -> dict:
+def run(bunch, seeds: int, candidates: bool, log, n_jobs: int = 1) -> dict:
     X, y = bunch.data, bunch.target.to_numpy()
     folds = [
         (seed, k, train, test)
@@ -150,15 +154,21 @@ def run(bunch, seeds: int, candidates: bool, log) -> dict:
     official_test = np.flatnonzero(bunch.split.to_numpy() == "test")
     results: dict = {"cv": {}, "official": {}}
     start = time.perf_counter()
-    for method, subset, build in jobs(candidates):
-        Xs = X[columns(bunch, subset)]
-        cv = [fit_score(build, seed, Xs, y, tr, te) for seed, _, tr, te in folds]
-        off = [fit_score(build, seed, Xs, y, official_train, official_test) for seed in range(seeds)]
-        results["cv"].setdefault(method, {})[subset] = cv
-        results["official"].setdefault(method, {})[subset] = off
-        auc = [r["auroc"] for r in cv]
-        log(f"[{time.perf_counter() - start:7.1f}s] {method:45s} {subset:35s} "
-            f"CV AUROC {np.mean(auc):.3f} +- {np.std(auc):.3f}")
+    todo = jobs(candidates)
+    tasks = [(j, "cv", seed, tr, te) for j in range(len(todo)) for seed, _, tr, te in folds]
+    tasks += [(j, "official", seed, official_train, official_test) for j in range(len(todo)) for seed in range(seeds)]
+    done = Parallel(n_jobs=n_jobs)(
+        delayed(fit_score)(todo[j][2], seed, X[columns(bunch, todo[j][1])], y, tr, te)
+        for j, _, seed, tr, te in tasks
+    )
+    for (j, part, *_), score in zip(tasks, done):
+        method, subset, _ = todo[j]
+        results[part].setdefault(method, {}).setdefault(subset, []).append(score)
+    for method, subsets in results["cv"].items():
+        for subset, rows in subsets.items():
+            auc = [r["auroc"] for r in rows]
+            log(f"{method:45s} {subset:35s} CV AUROC {np.mean(auc):.3f} +- {np.std(auc):.3f}")
+    log(f"[{time.perf_counter() - start:7.1f}s] done")
     return results
 
 
@@ -338,6 +348,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--candidates", action="store_true", help="also measure the fusion candidates")
     parser.add_argument("--out", default=None, help="output folder (default docs/benchmarks)")
     parser.add_argument("--notes", default=None, help="markdown file appended to the page")
+    parser.add_argument("--n-jobs", type=int, default=2, help="parallel fits (processes, one thread each)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the page from the JSON of the last run (with --notes)")
     args = parser.parse_args(argv)
@@ -362,7 +373,7 @@ def main(argv=None) -> dict:
     machine = machine_description()
     start = time.perf_counter()
     bunch = load_mmist_ccrcc(args.data)
-    results = run(bunch, seeds, args.candidates, lambda s: print(s, flush=True))
+    results = run(bunch, seeds, args.candidates, lambda s: print(s, flush=True), args.n_jobs)
     summ = summarise(results)
     command = "python benchmarks/bench_mmist.py --data PATH"
     command += " --quick" if args.quick else (f" --seeds {args.seeds}" if args.seeds != 3 else "")
