@@ -794,8 +794,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         smoothed = (counts + smoothing * prior) / (counts.sum(axis=1, keepdims=True) + smoothing)
         self.network_params_["pattern_init"] = (np.log(smoothed) - np.log(prior)).tolist()
 
-    def _bottleneck_width(self, n_rows: int, dim: int) -> int:
-        """Number of inputs an expert block of ``dim`` columns, present in ``n_rows`` rows, keeps."""
     def _bottleneck_width(self, y_present: np.ndarray, dim: int) -> int:
         """Inputs kept by an expert block of ``dim`` columns, from the labels of its present rows."""
         if self.expert_bottleneck is None:
