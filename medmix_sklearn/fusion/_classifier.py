@@ -796,15 +796,18 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 
     def _bottleneck_width(self, y_present: np.ndarray, dim: int) -> int:
         """Inputs kept by an expert block of ``dim`` columns, from the labels of its present rows."""
-        if self.expert_bottleneck is None:
+        # Subclasses without the parameter (the published fusion baselines of
+        # benchmarks/) keep their blocks whole, as before it existed.
+        bottleneck = getattr(self, "expert_bottleneck", None)
+        if bottleneck is None:
             return dim
-        if self.expert_bottleneck == "auto":
+        if bottleneck == "auto":
             counts = np.bincount(y_present)
             rarest = int(counts[counts > 0].min()) if counts.any() else 0
             if dim <= _BOTTLENECK_DIMS_PER_EVENT * rarest:
                 return dim
             return min(dim, max(1, rarest // _BOTTLENECK_EVENTS_PER_COMPONENT))
-        return min(dim, int(self.expert_bottleneck))
+        return min(dim, int(bottleneck))
 
     def _fit_bottlenecks(
         self, X: np.ndarray, y_enc: np.ndarray, presence: np.ndarray, labeled: np.ndarray | None = None
