@@ -196,6 +196,27 @@ def test_relative_links_resolve(page):
     assert not broken, f"{page.relative_to(ROOT)} has broken links: {broken}"
 
 
+ALL_PAGES = sorted(DOCS.rglob("*.md")) + PAGES[-3:]
+
+
+def headings_with_links(path: Path) -> list:
+    """Markdown headings that hold a link (Sphinx's page contents crash on them)."""
+    return [
+        line for line in prose(path.read_text(encoding="utf-8")).splitlines()
+        if line.startswith("#") and _LINK.search(line)
+    ]
+
+
+def test_no_heading_holds_a_link(tmp_path):
+    offending = {
+        str(p.relative_to(ROOT)): found for p in ALL_PAGES if (found := headings_with_links(p))
+    }
+    assert not offending, f"move these links out of the headings: {offending}"
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n## Results ([raw](r.json))\n```\n# [in code](x.md)\n```\n")
+    assert headings_with_links(page) == ["## Results ([raw](r.json))"]
+
+
 def test_link_checker_catches_a_broken_link(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(

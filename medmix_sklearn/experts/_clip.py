@@ -86,6 +86,21 @@ class _CLIPTower(BaseExpert):
 
     tower = ""
 
+    _parameter_constraints: dict = {
+        "model": [str, os.PathLike],
+        "backend": [StrOptions({"auto", "open_clip", "transformers"})],
+        "pretrained": [str, os.PathLike, None],
+        "normalize": ["boolean"],
+        "name": [str, None],
+    }
+
+    def __init__(self, model, *, backend="auto", pretrained=None, normalize=False, name=None):
+        self.model = model
+        self.backend = backend
+        self.pretrained = pretrained
+        self.normalize = normalize
+        self.name = name
+
     def _resolve(self) -> _ClipSource:
         self._validate_params()
         from .._layout import check_block_name
@@ -309,21 +324,6 @@ class CLIPImageExpert(_CLIPTower):
     kind = "image"
     tower = "image"
 
-    _parameter_constraints: dict = {
-        "model": [str, os.PathLike],
-        "backend": [StrOptions({"auto", "open_clip", "transformers"})],
-        "pretrained": [str, os.PathLike, None],
-        "normalize": ["boolean"],
-        "name": [str, None],
-    }
-
-    def __init__(self, model, *, backend="auto", pretrained=None, normalize=False, name=None):
-        self.model = model
-        self.backend = backend
-        self.pretrained = pretrained
-        self.normalize = normalize
-        self.name = name
-
     @property
     def output_dim(self) -> int:
         """Width of the shared image-text space (the projection), from the config."""
@@ -446,21 +446,6 @@ class CLIPTextExpert(_CLIPTower):
 
     kind = "text"
     tower = "text"
-
-    _parameter_constraints: dict = {
-        "model": [str, os.PathLike],
-        "backend": [StrOptions({"auto", "open_clip", "transformers"})],
-        "pretrained": [str, os.PathLike, None],
-        "normalize": ["boolean"],
-        "name": [str, None],
-    }
-
-    def __init__(self, model, *, backend="auto", pretrained=None, normalize=False, name=None):
-        self.model = model
-        self.backend = backend
-        self.pretrained = pretrained
-        self.normalize = normalize
-        self.name = name
 
     @property
     def output_dim(self) -> int:
