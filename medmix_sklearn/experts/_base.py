@@ -216,3 +216,44 @@ class BaseExpert(BaseEstimator, ABC):
         for key in ("_model", "_model_device", "_input_transform", "_fingerprint_cache"):
             state.pop(key, None)
         return state
+
+
+def _init_weights(module, generator) -> None:
+    """Draw every randomly initialised parameter of ``module`` from ``generator``.
+
+    Model constructors (timm's, open_clip's, ours) draw from torch's
+    process-wide generator, which other threads may draw from or reseed at the
+    same time; so every random expert draws its weights again here: convolutions and linear layers get torch's default
+    initialisation (Kaiming-uniform), embeddings a standard normal. Norm layers
+    and parameters whose values are all equal (constants such as layer-scale
+    factors) keep their deterministic values; any other parameter gets a
+    normal of standard deviation 0.02 (position embeddings, class tokens).
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    def draw(tensor, init, **kwargs) -> None:
+        values = torch.empty(tensor.shape, dtype=torch.float32)
+        init(values, generator=generator, **kwargs)
+        tensor.copy_(values)
+
+    with torch.no_grad():
+        for sub in module.modules():
+            own = dict(sub.named_parameters(recurse=False))
+            if isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
+                weight = own.pop("weight")
+                draw(weight, nn.init.kaiming_uniform_, a=math.sqrt(5))
+                bias = own.pop("bias", None)
+                if bias is not None:
+                    fan_in = weight[0].numel()
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+                    draw(bias, nn.init.uniform_, a=-bound, b=bound)
+            elif isinstance(sub, nn.Embedding):
+                draw(own.pop("weight"), nn.init.normal_)
+            elif isinstance(sub, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+                continue
+            for param in own.values():
+                if param.numel() > 1 and bool((param != param.reshape(-1)[0]).any()):
+                    draw(param, nn.init.normal_, std=0.02)

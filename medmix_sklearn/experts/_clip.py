@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 from ..exceptions import ExpertNotFoundError, MissingExtraError
-from ._base import BaseExpert
+from ._base import BaseExpert, _init_weights
 from ._hub import directory_hashes, resolve_directory
 from ._io import file_sha256, image_content_key, load_image
 from ._text import read_text, text_content_key
@@ -173,7 +173,7 @@ class _CLIPTower(BaseExpert):
         else:
             import torch
 
-            weights = (f"random-init:seed={_RANDOM_INIT_SEED}:open_clip="
+            weights = (f"random-init:generator:seed={_RANDOM_INIT_SEED}:open_clip="
                        f"{_open_clip().__version__}:torch={torch.__version__}")
         return {
             "model": source.label,
@@ -208,7 +208,6 @@ class _CLIPTower(BaseExpert):
         pretrained = source.weights_path if source.weights in ("file", "tag") else None
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_RANDOM_INIT_SEED)
                 model = open_clip.create_model(
                     source.open_clip_name, pretrained=pretrained, device=device,
                     pretrained_text=False, pretrained_image=False,
@@ -221,6 +220,10 @@ class _CLIPTower(BaseExpert):
                     "offline. Pass pretrained= a weights file or a local model directory."
                 ) from exc
             raise
+        if source.weights == "random":
+            # open_clip drew the random weights from the process-wide generator;
+            # draw them again from one no other thread touches.
+            _init_weights(model, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
         return model.eval().requires_grad_(False)
 
     def _autocast(self, device: str):

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval
 
 from ..exceptions import ExpertNotFoundError
-from ._base import BaseExpert
+from ._base import BaseExpert, _init_weights
 from ._io import file_sha256, image_content_key, load_image
 from ._registry import (
     Preset,
@@ -146,47 +146,6 @@ def _read_checkpoint(path: str) -> dict:
             f"names to tensors). Got {type(state).__name__} instead."
         )
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _init_weights(module, generator) -> None:
-    """Draw every randomly initialised parameter of ``module`` from ``generator``.
-
-    timm's own initialisation draws from torch's process-wide generator,
-    which other threads may draw from at the same time; so the weights are
-    drawn again here: convolutions and linear layers get torch's default
-    initialisation (Kaiming-uniform), embeddings a standard normal. Norm layers
-    and parameters whose values are all equal (constants such as layer-scale
-    factors) keep their deterministic values; any other parameter gets a
-    normal of standard deviation 0.02 (position embeddings, class tokens).
-    """
-    import math
-
-    import torch
-    from torch import nn
-
-    def draw(tensor, init, **kwargs) -> None:
-        values = torch.empty(tensor.shape, dtype=torch.float32)
-        init(values, generator=generator, **kwargs)
-        tensor.copy_(values)
-
-    with torch.no_grad():
-        for sub in module.modules():
-            own = dict(sub.named_parameters(recurse=False))
-            if isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
-                weight = own.pop("weight")
-                draw(weight, nn.init.kaiming_uniform_, a=math.sqrt(5))
-                bias = own.pop("bias", None)
-                if bias is not None:
-                    fan_in = weight[0].numel()
-                    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
-                    draw(bias, nn.init.uniform_, a=-bound, b=bound)
-            elif isinstance(sub, nn.Embedding):
-                draw(own.pop("weight"), nn.init.normal_)
-            elif isinstance(sub, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-                continue
-            for param in own.values():
-                if param.numel() > 1 and bool((param != param.reshape(-1)[0]).any()):
-                    draw(param, nn.init.normal_, std=0.02)
 
 
 def _load_checkpoint(model, path: str, classifier: str) -> None:

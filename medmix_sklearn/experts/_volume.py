@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import ExpertNotFoundError, ItemReadError
-from ._base import BaseExpert, sanitize_name
+from ._base import BaseExpert, _init_weights, sanitize_name
 from ._io import file_sha256
 from ._registry import Preset, find_preset, list_presets, not_found_message
 from ._volume_io import Volume, read_volume, resample_volume, series_files, volume_content_key
@@ -356,7 +356,7 @@ class VolumeExpert(BaseExpert):
         if spec.weights == "random":
             import torch
 
-            weights = f"random-init:seed={_RANDOM_INIT_SEED}:torch={torch.__version__}"
+            weights = f"random-init:generator:seed={_RANDOM_INIT_SEED}:torch={torch.__version__}"
         else:
             weights = f"sha256:{file_sha256(spec.weights_path)}"
         parts.update(
@@ -483,9 +483,11 @@ class VolumeExpert(BaseExpert):
 
         from ._resnet3d import build_resnet3d
 
+        # Built under a forked process-wide generator (restored for the caller);
+        # every weight is then drawn from a generator no other thread touches.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_RANDOM_INIT_SEED)
             module = build_resnet3d(spec.architecture)
+        _init_weights(module, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
         if spec.weights in ("preset", "checkpoint"):
             _load_by_name(module, spec.weights_path)
         module.eval().requires_grad_(False)
