@@ -141,6 +141,18 @@ LABELS = {
 }
 
 
+#: MedMIX variants studied for label-dependent missingness (issue 13): always run on
+#: STUDY_SETS, on every data set with --study-everywhere (before changing a default).
+STUDY = {
+    "medmix_absent_modality": ({"absent_tokens": "modality"}, "MedMIX, absent_tokens='modality'"),
+    "medmix_absent_pattern": ({"absent_tokens": "pattern"}, "MedMIX, absent_tokens='pattern'"),
+    "medmix_absent_pattern_prior": ({"absent_tokens": "pattern", "pattern_prior": True},
+                                    "MedMIX, absent_tokens='pattern' + pattern_prior"),
+    "medmix_no_modality_dropout": ({"modality_dropout": 0.0}, "MedMIX, modality dropout 0"),
+}
+STUDY_SETS = ("gen_label",)
+
+
 # -- data --------------------------------------------------------------------------------
 
 
@@ -283,7 +295,7 @@ class Method:
     label: str = ""
 
 
-def methods_for(data: Dataset, ablations: bool = False) -> list[Method]:
+def methods_for(data: Dataset, ablations: bool = False, study_everywhere: bool = False) -> list[Method]:
     from medmix_sklearn import MedMIXClassifier
 
     out = [Method(b, b, label=LABELS[b]) for b in BASELINES]
@@ -291,8 +303,14 @@ def methods_for(data: Dataset, ablations: bool = False) -> list[Method]:
     default_prior = MedMIXClassifier().pattern_prior
     out.append(Method("medmix_pattern_prior", "medmix", {"pattern_prior": not default_prior},
                       label=f"MedMIX, pattern_prior={not default_prior}"))
+    if data.name in STUDY_SETS or study_everywhere:
+        defaults = MedMIXClassifier().get_params()
+        for name, (params, label) in STUDY.items():
+            if any(defaults[k] != v for k, v in params.items()):  # not the defaults themselves
+                out.append(Method(name, "medmix", dict(params), label=label))
     if not (ablations and data.ablations):
         return out
+    names = {m.name for m in out}
     blocks = [b for b in parse_feature_names(data.names) if not b.teacher]
     multi = {}
     for b in blocks:
@@ -316,7 +334,7 @@ def methods_for(data: Dataset, ablations: bool = False) -> list[Method]:
                label=LABELS["medmix_no_modality_dropout"]),
         Method("medmix_no_aux", "medmix", {"aux_weight": 0.0}, label=LABELS["medmix_no_aux"]),
     ]
-    return out
+    return [m for i, m in enumerate(out) if m.name not in names or i < len(names)]
 
 
 def _build(method: Method, seed: int):
@@ -810,6 +828,8 @@ def main(argv=None) -> dict:
                         help="recompute the selected methods even when the store has them")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="CV seeds (default: 0)")
     parser.add_argument("--ablations", action="store_true", help="also run MedMIX's fusion ablations")
+    parser.add_argument("--study-everywhere", action="store_true",
+                        help=f"run the label-missingness variants (STUDY) on every data set, not only {STUDY_SETS}")
     parser.add_argument("--prepare-only", action="store_true", help="embed the data sets and stop")
     parser.add_argument("--report-only", action="store_true",
                         help="fit nothing: rewrite quality.md, quality.json and the plots from the store")
@@ -859,7 +879,7 @@ def main(argv=None) -> dict:
     expected = {}
     for data in datasets:
         fp = fingerprint(data, settings["n_folds"])
-        methods = methods_for(data, args.ablations)
+        methods = methods_for(data, args.ablations, args.study_everywhere)
         expected[data.name] = [m.name for m in methods]
         for seed in settings["seeds"]:
             folds = list(StratifiedKFold(settings["n_folds"], shuffle=True, random_state=seed).split(data.X, data.y))
