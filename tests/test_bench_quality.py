@@ -130,3 +130,72 @@ def test_best_single_modality_picks_the_informative_modality():
     scrambled = X.copy()
     scrambled.iloc[:, :3] = rng.normal(size=(n, 3))
     np.testing.assert_allclose(model.predict_proba(scrambled), model.predict_proba(X))
+
+
+# -- the quality benchmark's results store (benchmarks/bench_quality.py) -------------------
+
+
+def _entry(dataset, method, seed, fp, auroc):
+    rows = [("mcar", p, 0, f, metric, auroc if metric == "auroc" else 0.1)
+            for p in (0.0, 0.25, 0.5, 0.75) for f in range(3) for metric in ("auroc", "ece")]
+    rows += [("mnar",) + r[1:] for r in rows]
+    frame = pd.DataFrame(rows, columns=["mechanism", "p", "repeat", "fold", "metric", "score"])
+    frame.loc[frame.metric == "auroc", "score"] += 0.01 * frame.loc[frame.metric == "auroc", "fold"]
+    return {"dataset": dataset, "method": method, "seed": seed, "label": method, "params": {}, "fingerprint": fp,
+            "commit": "abc", "date": "now", "seconds": 3.0, "scores": frame.to_dict(orient="list")}
+
+
+def test_run_store_merges_writers_and_skips_stale_entries(tmp_path):
+    import bench_quality as bq
+
+    store = bq.RunStore(str(tmp_path / bq.STORE_NAME))
+    fp = {"n_rows": 10, "n_features": 4, "n_folds": 3, "p_grid": list(bq.P_GRID), "mechanisms": list(bq.MECHANISMS)}
+    store.update(lambda d: d["datasets"].__setitem__("toy", {"title": "Toy", "info": {}, "fingerprint": fp}))
+    # Two writers (e.g. the baselines' process and MedMIX's) each add their own entry.
+    store.update(lambda d: d["runs"].__setitem__(bq.run_key("toy", "hgb", 0), _entry("toy", "hgb", 0, fp, 0.7)))
+    store.update(lambda d: d["runs"].__setitem__(bq.run_key("toy", "medmix", 0),
+                                                 _entry("toy", "medmix", 0, fp, 0.8)))
+    stale = {**fp, "n_folds": 5}
+    store.update(lambda d: d["runs"].__setitem__(bq.run_key("toy", "late_fusion", 0),
+                                                 _entry("toy", "late_fusion", 0, stale, 0.9)))
+    doc = store.load()
+    assert set(doc["runs"]) == {"toy|hgb|0", "toy|medmix|0", "toy|late_fusion|0"}
+    results = bq.collect(doc)
+    methods = results["toy"]["methods"]
+    assert list(methods) == ["hgb", "medmix"]  # the stale entry (other fold count) is left out
+    cell = methods["hgb"]["curves"]["mcar|auroc|0.0"]
+    assert cell["mean"] == pytest.approx(0.71) and cell["std"] == pytest.approx(np.std([0.7, 0.71, 0.72]))
+    assert methods["hgb"]["curves"]["mcar|auroc|0.0"]["medmix_minus_this"]["mean"] == pytest.approx(0.1)
+    assert methods["medmix"]["seconds_per_fold"] == pytest.approx(1.0)
+
+
+def test_method_selection_by_name_pattern_and_group():
+    import bench_quality as bq
+
+    assert bq.selected("hgb", None)
+    assert bq.selected("hgb", ["sklearn"]) and not bq.selected("fusemoe", ["sklearn"])
+    assert bq.selected("fusemoe", ["published"]) and bq.selected("fusemoe", ["baselines"])
+    assert bq.selected("medmix_absent_pattern", ["medmix*"]) and not bq.selected("hgb", ["medmix*"])
+    assert bq.selected("medmix", ["medmix"]) and not bq.selected("medmix_pattern_prior", ["medmix"])
+
+
+def test_report_only_rewrites_the_page_from_the_store(tmp_path):
+    import bench_quality as bq
+
+    store = bq.RunStore(str(tmp_path / bq.STORE_NAME))
+    fp = {"n_rows": 10, "n_features": 4, "n_folds": 3, "p_grid": list(bq.P_GRID), "mechanisms": list(bq.MECHANISMS)}
+    info = {"n_samples": 10, "n_features": 4, "class_counts": [5, 5], "presence_rate": {"a": 1.0}}
+
+    def fill(d):
+        d["datasets"]["gen_label"] = {"title": "Toy by label", "info": info, "fingerprint": fp}
+        for method, auroc in [("hgb", 0.75), ("late_fusion", 0.6), ("medmix", 0.74)]:
+            d["runs"][bq.run_key("gen_label", method, 0)] = _entry("gen_label", method, 0, fp, auroc)
+
+    store.update(fill)
+    doc = bq.main(["--report-only", "--out", str(tmp_path)])
+    page = (tmp_path / "quality.md").read_text()
+    assert "--report-only" in page and "Toy by label" in page
+    # MedMIX 0.74 vs HGB 0.75 +- 0.008: below the mean, level within one std nowhere.
+    assert "MedMIX at or above HistGradientBoosting" in page and "**NOT MET**" in page
+    assert doc["verdict"]["gen_label"]["incomplete"]  # the other baselines are not in the store
+    assert (tmp_path / "robustness_gen_label.png").exists()

@@ -196,3 +196,76 @@ def test_pattern_prior_reads_the_pattern_before_modality_dropout():
 def test_pattern_prior_refuses_too_many_modalities():
     with pytest.raises(ValueError, match="pattern_prior"):
         MedMIXNetwork([1] * 13, list(range(13)), [False] * 13, n_classes=2, pattern_prior=True)
+
+
+def _pattern_code(mod_mask):
+    return (mod_mask.long() * (2 ** torch.arange(mod_mask.shape[1]))).sum(dim=1)
+
+
+@pytest.mark.parametrize("modality_fusion", ["attention", "concat"])
+def test_absent_tokens_pattern_fill_only_the_absent_slots_of_their_pattern(modality_fusion):
+    net = make_net(modality_fusion, absent_tokens="pattern")
+    assert net.absent_bank.shape == (2**3, 3, 8)
+    x, mask = make_batch(n=128)
+    base = run(net, x, mask)
+    code = _pattern_code(base.modality_mask.bool())
+    with torch.no_grad():
+        net.absent_bank[0b011, 2] += 3.0  # pattern "0 and 1 present": modality 2's token
+        net.absent_bank[0b011, 0] += 3.0  # modality 0 is present in that pattern: never read
+    out = run(net, x, mask)
+    hit = code == 0b011
+    assert hit.any() and (~hit).any()
+    assert not torch.allclose(out.logits[hit], base.logits[hit])
+    torch.testing.assert_close(out.logits[~hit], base.logits[~hit])
+    # A present modality's slot never reads the bank.
+    with torch.no_grad():
+        net.absent_bank[0b111] += 5.0
+    torch.testing.assert_close(run(net, x, mask).logits[code == 0b111], base.logits[code == 0b111])
+
+
+def test_absent_tokens_modality_is_one_token_per_modality():
+    net = make_net(absent_tokens="modality")
+    assert net.absent_bank.shape == (1, 3, 8)
+    x, mask = make_batch(n=128)
+    base = run(net, x, mask)
+    absent1 = ~base.modality_mask.bool()[:, 1]
+    with torch.no_grad():
+        net.absent_bank[0, 1] += 3.0
+    out = run(net, x, mask)
+    assert absent1.any() and (~absent1).any()
+    torch.testing.assert_close(out.logits[~absent1], base.logits[~absent1])
+    assert not torch.allclose(out.logits[absent1], base.logits[absent1])
+
+
+def test_absent_tokens_index_the_pattern_before_modality_dropout():
+    net = make_net(absent_tokens="pattern", modality_dropout=0.9)
+    x, mask = make_batch(n=64, p_present=1.0)
+    net.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        before = FusionOutput(*net(x, mask, generator=g)).logits
+        # Every row is the full pattern: tokens of other patterns are never read, even for
+        # the modalities that dropout hides.
+        net.absent_bank[:0b111] += 10.0
+        after = FusionOutput(*net(x, mask, generator=torch.Generator().manual_seed(0))).logits
+        torch.testing.assert_close(after, before)
+        # The slots that dropout hides read the full pattern's tokens.
+        net.absent_bank[0b111] += 10.0
+        dropped = FusionOutput(*net(x, mask, generator=torch.Generator().manual_seed(0))).logits
+    assert not torch.allclose(dropped, before)
+
+
+def test_absent_tokens_refuse_pooling_fusions_and_too_many_modalities():
+    for fusion in ("gate", "mean"):
+        with pytest.raises(ValueError, match="absent_tokens='modality' fills the slot"):
+            make_net(fusion, absent_tokens="modality")
+    with pytest.raises(ValueError, match="absent_tokens must be None or one of"):
+        make_net(absent_tokens="zeros")
+    with pytest.raises(ValueError, match="absent_tokens='pattern' keeps one token"):
+        MedMIXNetwork([1] * 13, list(range(13)), [False] * 13, n_classes=2, absent_tokens="pattern")
+    # One token per modality has no such limit.
+    MedMIXNetwork([1] * 13, list(range(13)), [False] * 13, n_classes=2, absent_tokens="modality")
+
+
+def test_default_network_has_no_absent_bank():
+    assert not hasattr(make_net(), "absent_bank")
