@@ -143,11 +143,10 @@ LABELS = {
 
 #: MedMIX variants studied for label-dependent missingness (issue 13): always run on
 #: STUDY_SETS, on every data set with --study-everywhere (before changing a default).
+#: The store also keeps the rows of absent_tokens="modality" / "pattern" (learned tokens for
+#: absent modalities, FuseMoE's and Flex-MoE's idea), measured at commit a67fbec: they did not
+#: help, and the option was not kept (docs/benchmarks/quality.md).
 STUDY = {
-    "medmix_absent_modality": ({"absent_tokens": "modality"}, "MedMIX, absent_tokens='modality'"),
-    "medmix_absent_pattern": ({"absent_tokens": "pattern"}, "MedMIX, absent_tokens='pattern'"),
-    "medmix_absent_pattern_prior": ({"absent_tokens": "pattern", "pattern_prior": True},
-                                    "MedMIX, absent_tokens='pattern' + pattern_prior"),
     "medmix_no_modality_dropout": ({"modality_dropout": 0.0}, "MedMIX, modality dropout 0"),
 }
 STUDY_SETS = ("gen_label",)

@@ -468,7 +468,6 @@ class _PublishedFusionClassifier(MedMIXClassifier):
     consistency_weight = 0.0
     class_weight = None
     pattern_prior = False
-    absent_tokens = None
     _parameter_constraints: dict = {k: MedMIXClassifier._parameter_constraints[k] for k in _SHARED}
 
     def _network_spec(self):

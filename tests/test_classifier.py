@@ -397,26 +397,3 @@ def test_pattern_prior_learns_label_dependent_missingness():
     assert proba[absent].mean() > 0.7 and proba[~absent].mean() < 0.35
     assert clf.net_.module_.pattern_logits.shape == (4, 2)
 
-
-def test_absent_tokens_pattern_learns_label_dependent_missingness():
-    # As for pattern_prior: the label is in the availability pattern only.
-    rng = np.random.default_rng(0)
-    n = 300
-    y = np.arange(n) % 2
-    X = rng.normal(size=(n, 4))
-    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
-    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
-    blocks = {"a": [0, 1], "b": [2, 3]}
-    clf = MedMIXClassifier(blocks=blocks, absent_tokens="pattern", random_state=0, max_epochs=40).fit(X, y)
-    proba = clf.predict_proba(X)[:, 1]
-    absent = np.isnan(X[:, 2])
-    assert proba[absent].mean() > 0.7 and proba[~absent].mean() < 0.35
-    assert clf.net_.module_.absent_bank.shape == (4, 2, clf.hidden_dim)
-
-
-def test_absent_tokens_need_a_fusion_with_slots():
-    X, y = block_frame(n=60)
-    with pytest.raises(ValueError, match="modality_fusion in \\('attention', 'concat'\\)"):
-        MedMIXClassifier(absent_tokens="modality", modality_fusion="mean", **FAST).fit(X, y)
-    clf = MedMIXClassifier(absent_tokens="modality", modality_fusion="concat", **FAST).fit(X, y)
-    assert clf.predict_proba(X).shape == (60, 2)

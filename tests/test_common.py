@@ -46,7 +46,6 @@ ESTIMATORS = [
         hidden_dim=16, max_epochs=6, lr=2e-2, expert_fusion="mean", modality_fusion="concat",
         random_state=0,
     ),
-    MedMIXClassifier(hidden_dim=16, max_epochs=6, lr=2e-2, absent_tokens="pattern", random_state=0),
 ]
 
 

@@ -65,14 +65,7 @@ from .._missing import block_presence
 from ..exceptions import DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
-from ._network import (
-    ABSENT_TOKENS,
-    EXPERT_FUSIONS,
-    MODALITY_FUSIONS,
-    SLOT_FUSIONS,
-    FusionOutput,
-    MedMIXNetwork,
-)
+from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionOutput, MedMIXNetwork
 
 _DEFAULT_MODALITY = "features"
 # An input at least this wide without layout names could have been a block
@@ -151,19 +144,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         missing-modality bank). The biases start at each pattern's smoothed
         class log-ratio on the training rows. At most 12 modalities.
         ``benchmarks/bench_quality.py`` measures it.
-    absent_tokens : {None, "modality", "pattern"}, default=None
-        What the slot of an absent modality holds in the "attention" and
-        "concat" modality fusions (which keep one slot per modality; the
-        others refuse the option). None: zeros (the modality is masked).
-        "modality": a learned token per modality (FuseMoE's learnable
-        missing-modality embedding). "pattern": a learned token per observed
-        availability pattern and modality (Flex-MoE's missing-modality bank,
-        indexed by the modalities present in the row as given, before
-        modality dropout, so the pattern reaches the fusion undiluted by
-        dropout; at most 12 modalities). A modality that modality dropout
-        hides in training takes its token from the same bank. For data whose
-        missingness depends on the label; ``benchmarks/bench_quality.py``
-        measures it.
     dropout : float, default=0.1
         Dropout on expert tokens and before the head.
     lr : float, default=1e-3
@@ -348,7 +328,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "expert_bottleneck": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
         "aux_weight": [Interval(Real, 0, None, closed="left")],
         "pattern_prior": ["boolean"],
-        "absent_tokens": [StrOptions(set(ABSENT_TOKENS)), None],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -387,7 +366,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         expert_bottleneck="auto",
         aux_weight=0.3,
         pattern_prior=False,
-        absent_tokens=None,
         dropout=0.1,
         lr=1e-3,
         weight_decay=1e-4,
@@ -416,7 +394,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.expert_bottleneck = expert_bottleneck
         self.aux_weight = aux_weight
         self.pattern_prior = pattern_prior
-        self.absent_tokens = absent_tokens
         self.dropout = dropout
         self.lr = lr
         self.weight_decay = weight_decay
@@ -750,12 +727,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_preprocessing(self, X: np.ndarray, y_enc: np.ndarray, labeled: np.ndarray | None = None) -> None:
         """Learn the layout, per-feature standardisation and missing indicators."""
-        if self.absent_tokens is not None and self.modality_fusion not in SLOT_FUSIONS:
-            raise ValueError(
-                f"absent_tokens={self.absent_tokens!r} fills the slot of an absent modality, which only "
-                f"modality_fusion in {SLOT_FUSIONS} keeps; got modality_fusion={self.modality_fusion!r}. "
-                "Use one of those fusions, or absent_tokens=None."
-            )
         self.blocks_, teachers = self._resolve_layout(X.shape[1])
         self.teacher_blocks_ = teachers if self.teacher is not None else []
         self.modality_names_ = list(dict.fromkeys(b.modality for b in self.blocks_))
@@ -1182,7 +1153,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             "dropout": self.dropout,
             "modality_dropout": self.modality_dropout,
             "pattern_prior": self.pattern_prior,
-            "absent_tokens": self.absent_tokens,
             **self.network_params_,
         }
         criterion_params = {

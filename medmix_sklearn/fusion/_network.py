@@ -39,10 +39,6 @@ from torch import nn
 
 EXPERT_FUSIONS = ("gate", "mean")
 MODALITY_FUSIONS = ("attention", "gate", "mean", "concat")
-#: What fills an absent modality's slot with ``absent_tokens`` (None: zeros, masked).
-ABSENT_TOKENS = ("modality", "pattern")
-#: The modality fusions that keep one slot per modality, so an absent one has a slot to fill.
-SLOT_FUSIONS = ("attention", "concat")
 
 
 class FusionOutput(NamedTuple):
@@ -173,16 +169,6 @@ class MedMIXNetwork(nn.Module):
         Starting values of the pattern biases (the classifier passes the
         smoothed log-ratio of each pattern's class frequencies to the overall
         ones, so the prior acts from the first epoch); None: zeros.
-    absent_tokens : {None, "modality", "pattern"}
-        What the slot of an absent modality holds in the "attention" and
-        "concat" fusions (the others pool, and have no slot). None: zeros
-        (masked). "modality": a learned token per modality (FuseMoE's
-        learnable missing-modality embedding). "pattern": a learned token per
-        (observed availability pattern, modality) (Flex-MoE's
-        missing-modality bank), indexed by the pattern before modality
-        dropout, so the bank carries the pattern undiluted by dropout; at
-        most 12 modalities. A modality dropped in training fills its slot
-        from the same bank.
     """
 
     max_pattern_modalities = 12
@@ -200,7 +186,6 @@ class MedMIXNetwork(nn.Module):
         modality_dropout: float = 0.0,
         pattern_prior: bool = False,
         pattern_init: Sequence[Sequence[float]] | None = None,
-        absent_tokens: str | None = None,
     ) -> None:
         super().__init__()
         if expert_fusion not in EXPERT_FUSIONS:
@@ -208,14 +193,6 @@ class MedMIXNetwork(nn.Module):
         if modality_fusion not in MODALITY_FUSIONS:
             raise ValueError(
                 f"modality_fusion must be one of {MODALITY_FUSIONS}; got {modality_fusion!r}."
-            )
-        if absent_tokens is not None and absent_tokens not in ABSENT_TOKENS:
-            raise ValueError(f"absent_tokens must be None or one of {ABSENT_TOKENS}; got {absent_tokens!r}.")
-        if absent_tokens is not None and modality_fusion not in SLOT_FUSIONS:
-            raise ValueError(
-                f"absent_tokens={absent_tokens!r} fills the slot of an absent modality, which only the "
-                f"fusions {SLOT_FUSIONS} keep; got modality_fusion={modality_fusion!r}. Use one of "
-                "those, or absent_tokens=None."
             )
         if not (len(block_dims) == len(block_modality) == len(block_norm)) or not block_dims:
             raise ValueError("block_dims, block_modality and block_norm must be equally long and non-empty.")
@@ -272,22 +249,6 @@ class MedMIXNetwork(nn.Module):
                 init = torch.as_tensor(pattern_init, dtype=torch.float32).reshape(init.shape).clone()
             self.pattern_logits = nn.Parameter(init)
             self.register_buffer("pattern_bits", 2 ** torch.arange(n_modalities), persistent=False)
-        self.absent_tokens = absent_tokens
-        if absent_tokens is not None:
-            n_entries = 1
-            if absent_tokens == "pattern":
-                if n_modalities > self.max_pattern_modalities:
-                    raise ValueError(
-                        f"absent_tokens='pattern' keeps one token per availability pattern and modality "
-                        f"(2**n_modalities x n_modalities); got {n_modalities} modalities, more than "
-                        f"{self.max_pattern_modalities}. Use absent_tokens='modality' or group columns "
-                        "into fewer modalities."
-                    )
-                n_entries = 2**n_modalities
-            # (entries, M, h): row `code` holds the tokens of pattern `code` (one row for "modality").
-            self.absent_bank = nn.Parameter(torch.zeros(n_entries, n_modalities, hidden_dim))
-            nn.init.normal_(self.absent_bank, std=0.02)
-            self.register_buffer("absent_bits", 2 ** torch.arange(n_modalities), persistent=False)
         # Auxiliary unimodal heads, all modalities at once: (M, h, C).
         self.aux_head_weight = nn.Parameter(torch.empty(n_modalities, hidden_dim, n_classes))
         self.aux_head_bias = nn.Parameter(torch.zeros(n_modalities, n_classes))
@@ -303,8 +264,6 @@ class MedMIXNetwork(nn.Module):
             self.aux_head_bias.zero_()
         if self.modality_fusion == "attention":
             _draw(self.query, nn.init.normal_, generator, std=1.0 / math.sqrt(h))
-        if self.absent_tokens is not None:
-            _draw(self.absent_bank, nn.init.normal_, generator, std=0.02)
 
     # -- pieces -----------------------------------------------------------
     def _expert_tokens(
@@ -345,26 +304,9 @@ class MedMIXNetwork(nn.Module):
             kept = kept | (one & emptied.unsqueeze(1))
         return kept
 
-    def _absent_fill(self, observed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The learned tokens (n, M, h) for absent slots, from the observed pattern."""
-        if self.absent_tokens == "pattern":
-            code = (observed.long() * self.absent_bits).sum(dim=1)
-            return self.absent_bank[code].to(dtype)
-        return self.absent_bank[0].to(dtype).unsqueeze(0).expand(observed.shape[0], -1, -1)
-
-    def _fuse_modalities(
-        self, tokens: torch.Tensor, mod_mask: torch.Tensor, observed: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused representation (n, h) and modality weights (n, M).
-
-        ``mod_mask`` says which modalities take part (after modality dropout in
-        training), ``observed`` which were present in the input (indexes the
-        absent-token bank; defaults to ``mod_mask``).
-        """
+    def _fuse_modalities(self, tokens: torch.Tensor, mod_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused representation (n, h) and modality weights (n, M)."""
         typed = tokens + self.modality_embedding.unsqueeze(0)
-        fill = None
-        if self.absent_tokens is not None:
-            fill = self._absent_fill(mod_mask if observed is None else observed, tokens.dtype)
         if self.modality_fusion == "attention":
             keys = self.key(typed)
             scores = keys @ self.query / math.sqrt(self.hidden_dim)
@@ -375,8 +317,6 @@ class MedMIXNetwork(nn.Module):
             # compete for the same coordinates (docs/benchmarks/quality.md).
             m = mod_mask.to(tokens.dtype)
             scaled = self.value(typed) * (weights * m.sum(dim=1, keepdim=True)).unsqueeze(2)
-            if fill is not None:
-                scaled = torch.where(mod_mask.unsqueeze(2), scaled, fill)
             fused = self.concat_proj(torch.cat([scaled.flatten(1), m], dim=1))
         elif self.modality_fusion == "gate":
             weights = masked_softmax(self.gate(typed).squeeze(2), mod_mask, dim=1)
@@ -386,10 +326,7 @@ class MedMIXNetwork(nn.Module):
             fused = torch.einsum("nm,nmh->nh", weights, typed)
         else:  # concat: zeros for absent modalities, plus the mask itself
             m = mod_mask.to(tokens.dtype)
-            slots = typed * m.unsqueeze(2)
-            if fill is not None:
-                slots = torch.where(mod_mask.unsqueeze(2), slots, fill)
-            flat = slots.flatten(1)
+            flat = (typed * m.unsqueeze(2)).flatten(1)
             fused = self.concat_proj(torch.cat([flat, m], dim=1))
             # No learned weighting exists; report uniform over present modalities.
             weights = masked_uniform(mod_mask, dim=1).to(tokens.dtype)
@@ -442,7 +379,7 @@ class MedMIXNetwork(nn.Module):
         fuse_mask = mod_mask
         if self.training and drop_modalities and self.modality_dropout > 0:
             fuse_mask = self._drop_modalities(mod_mask, generator)
-        fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask, mod_mask)
+        fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
         norm, drop, linear = self.head
         logits = linear(dropout(norm(fused), drop.p, self.training, generator))
         if self.pattern_prior:
