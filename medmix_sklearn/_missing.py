@@ -41,6 +41,7 @@ __all__ = [
     "blank_modalities",
     "block_presence",
     "is_missing",
+    "missing_cells",
     "missing_mask",
     "modality_columns",
     "pattern_labels",
@@ -112,7 +113,27 @@ def missing_mask(values) -> np.ndarray:
                            dtype=object if not isinstance(values, np.ndarray) else None)
     if values.dtype != object and not isinstance(values.dtype, pd.StringDtype):
         return values.isna().to_numpy(dtype=bool)
-    return np.fromiter((is_missing(v) for v in values), dtype=bool, count=len(values))
+    # tolist() first: iterating an Arrow-backed string column cell by cell is slow.
+    return missing_cells(values.tolist())
+
+
+def missing_cells(cells: list) -> np.ndarray:
+    """:func:`is_missing` of each cell of a list, as a bool array.
+
+    Parameters
+    ----------
+    cells : list
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (len(cells),)
+    """
+    # A plain str (the common cell of a text or path column) is tested inline.
+    return np.fromiter(
+        (not v.strip() if v.__class__ is str else is_missing(v) for v in cells),
+        dtype=bool,
+        count=len(cells),
+    )
 
 
 # --------------------------------------------------------------------------- #

@@ -392,3 +392,33 @@ def test_resolve_cache_dir(monkeypatch, tmp_path):
     assert resolve_cache_dir(None) is None
     assert resolve_cache_dir(tmp_path / "x") == tmp_path / "x"
     assert resolve_cache_dir(str(tmp_path / "y")) == Path(tmp_path / "y")
+
+
+def test_batch_lookup_across_merges_rewrites_and_mixed_record_sizes(tmp_path):
+    """get_array agrees with get over an index merged several times, with keys
+    written twice (the newest record wins) and a record of another length in
+    the same segment (read record by record, never returned for the wrong dim)."""
+    writer = EmbeddingCache(tmp_path)
+    expected = {}
+    for i in range(6000):
+        expected[key(i)] = np.full(8, i, dtype=np.float32)
+    items = list(expected.items())
+    writer.put_many(FP, dict(items[:3000]))
+    reader = EmbeddingCache(tmp_path)
+    values, found = reader.get_array(FP, [k for k, _ in items[:3000]], 8)  # first merge
+    assert found.all()
+    writer.put(FP, key("short"), np.ones(4))
+    writer.put_many(FP, dict(items[3000:]))
+    # Rewritten: the newer record is the one read.
+    for i in (5, 4000):
+        expected[key(i)] = np.full(8, -i, dtype=np.float32)
+        writer.put(FP, key(i), expected[key(i)])
+    writer.close()
+    reader._tables[next(iter(reader._tables))]._loaded_at = -np.inf  # see the new appends
+    wanted = [key(i) for i in range(5999, -1, -7)] + [key(5), key(4000), key("short"), key("none")]
+    for cache in (reader, EmbeddingCache(tmp_path)):
+        values, found = cache.get_array(FP, wanted, 8)
+        assert found.tolist() == [True] * (len(wanted) - 2) + [False, False]
+        for k, v in zip(wanted[:-2], values[:-2]):
+            np.testing.assert_array_equal(v, expected[k])
+            np.testing.assert_array_equal(cache.get(FP, k, dim=8), expected[k])

@@ -251,3 +251,16 @@ def test_subset_score_binary_and_multiclass():
     assert subset_score(yb, pb, [0, 1]) == pytest.approx(roc_auc_score(yb, pb[:, 1]))
     with pytest.raises(ValueError, match="metric must be one of"):
         subset_score(yb, pb, [0, 1], metric="accuracy")
+
+
+def test_missing_cells_agrees_with_is_missing():
+    from medmix_sklearn._missing import is_missing, missing_cells
+
+    class Text(str):
+        pass
+
+    cells = [None, np.nan, pd.NA, pd.NaT, "", "  ", "\x1c", "x", b" ", Text(" "), Text("y"),
+             0, False, np.zeros(0), pathlib.Path(" "), "nan"]
+    assert missing_cells(cells).tolist() == [is_missing(c) for c in cells]
+    series = pd.Series(["a", None, " ", "b"], dtype="string[pyarrow]")
+    assert missing_mask(series).tolist() == [False, True, True, False]

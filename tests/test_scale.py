@@ -12,6 +12,7 @@ from test_embedder import CALLS, FakeImageExpert, FakeTextExpert
 
 from medmix_sklearn import ImageExpert, TextExpert
 from medmix_sklearn.embedding import EmbeddingCache, MultimodalExpertEmbedder
+from medmix_sklearn.exceptions import ItemReadWarning
 
 
 @pytest.fixture(autouse=True)
@@ -198,3 +199,51 @@ def test_changed_moved_and_racy_files(tmp_path, monkeypatch):
     embedder.set_params(trust_file_stat=False)
     embedder.transform(Xm)
     assert counted["n"] == 6
+
+
+# -- the warm path: distinct items once, vectors scattered back to their rows ----------
+def test_repeated_items_embedded_once_and_scattered_to_their_rows(tmp_path):
+    texts = ["a", "bad x", "b", "a", None, "  ", "b", "c", "bad x", "a"]
+    X = pd.DataFrame({"text": pd.Series(texts, dtype="string[pyarrow]"),
+                      "other": [f"{t} more" if t else "z" for t in texts]})
+    expert = FakeTextExpert("t", 4, fail_on="bad")
+    embedder = MultimodalExpertEmbedder(
+        [("report", expert, "text"), ("note", FakeTextExpert("u", 3), "other")],
+        cache_dir=tmp_path / "c", batch_size=2,
+    )
+    for attempt in ("cold", "warm"):
+        CALLS.clear()
+        with pytest.warns(ItemReadWarning) as caught:
+            Xt = np.asarray(embedder.fit_transform(X))
+        # The unreadable text's two rows, in row order, in one warning.
+        (message,) = [str(w.message) for w in caught if "bad x" in str(w.message)]
+        assert "2 item(s)" in message and message.index("row 1") < message.index("row 8")
+        if attempt == "cold":
+            assert CALLS["t", "items"] == 3  # a, b, c: each once
+        else:
+            assert CALLS["t", "items"] == 0
+        for i, text in enumerate(texts):
+            if text is None or not text.strip() or text.startswith("bad"):
+                assert np.isnan(Xt[i, :4]).all()
+            else:
+                np.testing.assert_array_equal(Xt[i, :4], expert.expected(text))
+            np.testing.assert_array_equal(Xt[i, 4:], FakeTextExpert("u", 3).expected(X["other"][i]))
+
+
+def test_factorize_keeps_types_apart_and_unhashable_items_distinct():
+    from medmix_sklearn.embedding._embedder import _factorize, _rank_keys
+    from medmix_sklearn.exceptions import ItemReadError
+
+    codes, uniques = _factorize(["x", "y", "x"])
+    assert codes.tolist() == [0, 1, 0] and uniques == ["x", "y"]
+    array = np.zeros(2)
+    codes, uniques = _factorize([1, True, "1", 1, array, array, "1"])
+    assert codes.tolist() == [0, 1, 2, 0, 3, 4, 2]
+    assert uniques[:3] == [1, True, "1"] and type(uniques[1]) is bool
+    assert _factorize([])[0].shape == (0,)
+
+    first, position, unreadable = _rank_keys(["k2", "k1", "k2", "k3"])
+    assert first == {"k2": 0, "k1": 1, "k3": 3} and position.tolist() == [0, 1, 0, 2]
+    error = ItemReadError("no")
+    first, position, unreadable = _rank_keys(["k2", error, "k2"])
+    assert first == {"k2": 0} and position.tolist() == [0, -1, 0] and unreadable == [1]

@@ -277,6 +277,27 @@ class _Segment:
                 return [span[o - lo : o - lo + size] for o in offsets]
         return [self.pread(o, size) for o in offsets]
 
+    def gather_records(self, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+        """Fixed-size records at ``offsets`` as one array, by one read of their span.
+
+        None when the span is sparse, when an offset is not a whole number of
+        records from the first (then :meth:`gather` reads them one by one), or
+        when the file is too short.
+        """
+        size = dtype.itemsize
+        if not len(offsets):
+            return np.zeros(0, dtype=dtype)
+        lo, hi = int(offsets.min()), int(offsets.max()) + size
+        if hi - lo > max(4 * size * len(offsets), 1 << 20) or hi - lo > 1 << 28:
+            return None
+        steps, rest = np.divmod(np.asarray(offsets, dtype=np.int64) - lo, size)
+        if rest.any():
+            return None
+        span = self.pread(lo, hi - lo)
+        if span is None:
+            return None
+        return np.frombuffer(span, dtype=dtype)[steps]
+
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
@@ -454,9 +475,14 @@ class _Table:
         self._segments: list[_Segment] = []
         self._segment_ids: dict[str, int] = {}
         self._idx_sizes: dict[str, int] = {}
+        # Merged entries in the order they were read (oldest first), and
+        # ``_order``, their positions sorted by key prefix (newest first within
+        # a prefix); ``_prefix`` is the sorted prefixes. Sorting positions only,
+        # not the keys, keeps opening a big index cheap.
         self._prefix = np.empty(0, dtype="<u8")
         self._keys = np.empty((0, 4), dtype="<u8")
         self._where = np.empty((0, 2), dtype=np.int64)  # segment id, offset
+        self._order = np.empty(0, dtype=np.intp)
         # Entries not merged into the sorted arrays yet: few go to a dict, many to a re-sort.
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._delta: dict[bytes, list[tuple[int, int]]] = {}
@@ -520,14 +546,12 @@ class _Table:
         keys += [k for k, _ in self._pending]
         where += [w for _, w in self._pending]
         self._pending = []
-        all_keys = np.concatenate(keys)
-        all_where = np.concatenate(where)
+        self._keys = np.concatenate(keys)
+        self._where = np.concatenate(where)
         # Stable, and reversed within equal prefixes: newest records first.
-        order = np.argsort(all_keys[::-1, 0], kind="stable")
-        order = len(all_keys) - 1 - order
-        self._keys = all_keys[order]
-        self._where = all_where[order]
-        self._prefix = np.ascontiguousarray(self._keys[:, 0])
+        order = np.argsort(self._keys[::-1, 0], kind="stable")
+        self._order = len(self._keys) - 1 - order
+        self._prefix = self._keys[self._order, 0]
 
     def _segment_id(self, stem: str) -> int:
         sid = self._segment_ids.get(stem)
@@ -551,17 +575,29 @@ class _Table:
         first = np.full((len(query), 2), -1, dtype=np.int64)
         more: dict[int, list[tuple[int, int]]] = {}
         if len(self._prefix) and len(query):
-            left = np.searchsorted(self._prefix, query[:, 0], side="left")
-            right = np.searchsorted(self._prefix, query[:, 0], side="right")
-            count = right - left
-            single = np.flatnonzero(count == 1)
-            pos = left[single]
+            prefix = self._prefix
+            wanted = query[:, 0]
+            # Searching sorted queries walks the index once, cache-friendly.
+            order = np.argsort(wanted)
+            left = np.empty(len(wanted), dtype=np.intp)
+            left[order] = np.searchsorted(prefix, wanted[order], side="left")
+            last = len(prefix) - 1
+            hit = prefix[np.minimum(left, last)] == wanted
+            hit &= left <= last
+            # Several records under one prefix (a key written twice, or rarely two
+            # keys sharing 8 bytes) when the next entry has the same prefix.
+            several = hit & (prefix[np.minimum(left + 1, last)] == wanted) & (left < last)
+            single = np.flatnonzero(hit & ~several)
+            pos = self._order[left[single]]
             exact = (self._keys[pos] == query[single]).all(axis=1)
             first[single[exact]] = self._where[pos[exact]]
-            for i in np.flatnonzero(count > 1).tolist():
+            multiple = np.flatnonzero(several)
+            right = np.zeros(len(wanted), dtype=np.intp)
+            right[multiple] = np.searchsorted(prefix, wanted[multiple], side="right")
+            for i in multiple.tolist():
                 hits = [
                     (int(self._where[p, 0]), int(self._where[p, 1]))
-                    for p in range(left[i], right[i])
+                    for p in self._order[left[i] : right[i]].tolist()
                     if (self._keys[p] == query[i]).all()
                 ]
                 if hits:
@@ -615,11 +651,17 @@ class _Table:
             if sid < 0:
                 continue
             rows = np.flatnonzero(first[:, 0] == sid)
-            blobs = self._segments[sid].gather(first[rows, 1].tolist(), size)
-            blobs = [blank if b is None else b for b in blobs]
-            records = np.frombuffer(b"".join(blobs), dtype=dtype)
+            records = self._segments[sid].gather_records(first[rows, 1], dtype)
+            if records is None:
+                blobs = self._segments[sid].gather(first[rows, 1].tolist(), size)
+                blobs = [blank if b is None else b for b in blobs]
+                records = np.frombuffer(b"".join(blobs), dtype=dtype)
+            # The CRC covers the key and the payload: bytes 16 onwards of each record.
+            flat = memoryview(np.ascontiguousarray(records).view(np.uint8))
             crcs = np.fromiter(
-                (zlib.crc32(memoryview(b)[16:]) for b in blobs), dtype=np.uint32, count=len(blobs)
+                (zlib.crc32(flat[o + 16 : o + size]) for o in range(0, size * len(rows), size)),
+                dtype=np.uint32,
+                count=len(rows),
             )
             header = records["header"]
             good = (

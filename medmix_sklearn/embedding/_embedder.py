@@ -34,7 +34,7 @@ from .._layout import (
     expert_feature_names,
     tabular_feature_names,
 )
-from .._missing import is_missing, missing_mask
+from .._missing import is_missing, missing_cells, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
 from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
@@ -894,50 +894,58 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         device: str,
     ) -> None:
         values = frame[column].tolist()
-        rows = [i for i, v in enumerate(values) if not is_missing(v)]
-        items = [values[i] for i in rows]
-        labels = frame.index.tolist()  # plain Python labels read better in messages
+        rows = np.flatnonzero(~missing_cells(values))
+        items = [values[i] for i in rows.tolist()]
+        # Each distinct item is hashed, looked up and embedded once; rows take
+        # their item's vector through ``codes`` (position of the row's item in
+        # ``uniques``).
+        codes, uniques = _factorize(items)
+
+        def row_label(i: int):
+            # Plain Python labels read better in messages.
+            return frame.index[int(rows[i]):int(rows[i]) + 1].tolist()[0]
+
         # Experts of one class hash content the same way: hash each item once.
         keys_by_class: dict[type, list] = {}
         for expert, block in zip(experts, blocks):
-            where = f"{modality}/{expert.name}"
-            failures: list[tuple[Any, Any, str]] = []
             keys = keys_by_class.get(type(expert))
             if keys is None:
-                keys = self._content_keys(expert, items, cache, pool)
+                keys = self._content_keys(expert, uniques, cache, pool)
                 keys_by_class[type(expert)] = keys
-            for i, key in enumerate(keys):
-                if isinstance(key, ItemReadError):
-                    failures.append((labels[rows[i]], items[i], str(key)))
-            if failures and self.on_error == "raise":
-                self._report_failures(expert, column, failures)
-            first: dict[str, int] = {}
-            for i, key in enumerate(keys):
-                if isinstance(key, str) and key not in first:
-                    first[key] = i
+            # first: each distinct key -> one unique item that has it;
+            # position: each unique item -> its key's rank in first (-1: unreadable).
+            first, position, unreadable = _rank_keys(keys)
+            failures: list[tuple[Any, Any, str]] = []
+            if unreadable:
+                bad = np.zeros(len(uniques), dtype=bool)
+                bad[unreadable] = True
+                failures = [
+                    (row_label(i), items[i], str(keys[codes[i]]))
+                    for i in np.flatnonzero(bad[codes]).tolist()
+                ]
+                if self.on_error == "raise":
+                    self._report_failures(expert, column, failures)
 
-            def report(index: int, message: str, expert=expert) -> None:
-                self._report_failures(
-                    expert, column, [(labels[rows[index]], items[index], message)]
-                )
+            def report(u: int, message: str, expert=expert) -> None:
+                i = int(np.flatnonzero(codes == u)[0])
+                self._report_failures(expert, column, [(row_label(i), items[i], message)])
 
             vectors, found, failed_keys, _ = self._vectors_for(
-                expert, first, items, cache, pool, where, device,
+                expert, first, uniques, cache, pool, f"{modality}/{expert.name}", device,
                 report=report, n_rows=len(rows),
             )
-            position = {key: j for j, key in enumerate(first)}
-            target_rows, source = [], []
-            for i, key in enumerate(keys):
-                if isinstance(key, str):
-                    j = position[key]
-                    if found[j]:
-                        target_rows.append(rows[i])
-                        source.append(j)
-                    elif key in failed_keys:
-                        failures.append((labels[rows[i]], items[i], failed_keys[key]))
-            if target_rows:
-                out[np.ix_(np.asarray(target_rows), np.asarray(block.columns))] = vectors[
-                    np.asarray(source)
+            source = position[codes] if len(codes) else np.empty(0, dtype=np.intp)
+            have = source >= 0
+            have[have] = found[source[have]]
+            if have.any():
+                _put_block(out, rows[have], block.columns, vectors[source[have]])
+            if failed_keys:
+                failed = np.zeros(len(first), dtype=bool)
+                failed[[position[first[key]] for key in failed_keys]] = True
+                in_failed = (source >= 0) & failed[np.maximum(source, 0)]
+                failures += [
+                    (row_label(i), items[i], failed_keys[keys[codes[i]]])
+                    for i in np.flatnonzero(in_failed).tolist()
                 ]
             if failures:
                 self._report_failures(expert, column, failures)
@@ -954,7 +962,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         todo = list(range(len(items)))
         identities: dict[int, Any] = {}
         namespace = f"{type(expert).__module__}.{type(expert).__qualname__}"
-        if cache is not None and self.trust_file_stat and items:
+        # A text expert that keeps the default item_files has no files to stat.
+        no_files = expert.kind == "text" and type(expert).item_files is BaseExpert.item_files
+        if cache is not None and self.trust_file_stat and items and not no_files:
             files = [expert.item_files(item) for item in items]
             with_files = [i for i, f in enumerate(files) if f is not None]
             if with_files:
@@ -1034,8 +1044,17 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         failed: dict[str, str] = {}
         batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
 
+        # One task per thread and batch, not one per item: for short texts the
+        # per-task cost would exceed the reading.
+        n_threads = _pool_size(pool)
+
         def submit(batch: list) -> list[Future]:
-            return [pool.submit(_read, expert, items[first[keys[j]]]) for j in batch]
+            picked = [items[first[keys[j]]] for j in batch]
+            step = max(1, -(-len(picked) // n_threads))
+            return [
+                pool.submit(_read_many, expert, picked[i : i + step])
+                for i in range(0, len(picked), step)
+            ]
 
         from tqdm.auto import tqdm
 
@@ -1048,8 +1067,8 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             if b + 2 < len(batches):
                 pending.append(submit(batches[b + 2]))
             good, decoded = [], []
-            for j, future in zip(batch, decoded_futures):
-                value = future.result()
+            values = [value for future in decoded_futures for value in future.result()]
+            for j, value in zip(batch, values):
                 if isinstance(value, ItemReadError):
                     failed[keys[j]] = str(value)
                     if self.on_error == "raise" and report is not None:
@@ -1332,6 +1351,74 @@ def _content_key(expert: BaseExpert, item: Any):
         return exc
 
 
+def _factorize(items: list) -> tuple[np.ndarray, list]:
+    """``(codes, uniques)``: each distinct item once, in first-seen order.
+
+    ``uniques[codes[i]]`` is ``items[i]``. Items of different types are never
+    merged (``1`` and ``True`` stay apart); items that cannot be hashed (arrays,
+    images in memory) are each their own distinct item.
+    """
+    if not items:
+        return np.empty(0, dtype=np.intp), []
+    values = np.fromiter(items, dtype=object, count=len(items))
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        # All str: pandas' hash table, in C.
+        codes, uniques = pd.factorize(values)
+        return codes.astype(np.intp, copy=False), list(uniques)
+    seen: dict = {}
+    codes = np.empty(len(items), dtype=np.intp)
+    uniques: list = []
+    for i, value in enumerate(items):
+        try:
+            code = seen.setdefault((value.__class__, value), len(uniques))
+        except TypeError:
+            code = len(uniques)
+        if code == len(uniques):
+            uniques.append(value)
+        codes[i] = code
+    return codes, uniques
+
+
+def _rank_keys(keys: list) -> tuple[dict, np.ndarray, list]:
+    """Distinct keys of the unique items, in first-seen order.
+
+    ``keys`` holds a content key (str) or an ItemReadError per unique item.
+    Returns ``first`` (key -> the first item with it), ``position`` (item ->
+    its key's rank in ``first``, -1 when the item is unreadable) and the
+    unreadable items' positions.
+    """
+    values = np.fromiter(keys, dtype=object, count=len(keys))
+    if len(keys) and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        codes, distinct = pd.factorize(values)
+        # Where each distinct key first appears: codes are in first-seen order.
+        running = np.maximum.accumulate(codes)
+        starts = np.flatnonzero(np.r_[True, running[1:] > running[:-1]])
+        first = dict(zip(distinct.tolist(), starts.tolist()))
+        return first, codes.astype(np.intp, copy=False), []
+    first, rank = {}, {}
+    position = np.full(len(keys), -1, dtype=np.intp)
+    unreadable = []
+    for u, key in enumerate(keys):
+        if isinstance(key, str):
+            j = rank.get(key)
+            if j is None:
+                j = rank[key] = len(first)
+                first[key] = u
+            position[u] = j
+        else:
+            unreadable.append(u)
+    return first, position, unreadable
+
+
+def _put_block(out: np.ndarray, rows: np.ndarray, columns, values: np.ndarray) -> None:
+    """``out[rows, columns] = values``, a slice of columns when they are contiguous."""
+    columns = np.asarray(columns, dtype=np.intp)
+    if len(columns) and (np.diff(columns) == 1).all():
+        out[rows, columns[0] : columns[-1] + 1] = values
+    else:
+        out[np.ix_(rows, columns)] = values
+
+
 def _distinct(values) -> list:
     """Items in first-seen order, repeats dropped where the item is hashable."""
     seen: set = set()
@@ -1436,8 +1523,11 @@ def _fill_on_dask(client, config, jobs, partitions, resources, batch_size):
 
 
 def _chunked_map(pool: ThreadPoolExecutor, func, values: list, chunk: int = 512) -> list:
-    """``[func(v) for v in values]`` on the pool, in chunks (cheap calls, many items)."""
-    if len(values) <= chunk:
+    """``[func(v) for v in values]`` on the pool, in chunks (cheap calls, many items).
+
+    Inline when the pool has one thread: the caller would only wait for it.
+    """
+    if len(values) <= chunk or _pool_size(pool) <= 1:
         return [func(v) for v in values]
     parts = [values[i : i + chunk] for i in range(0, len(values), chunk)]
     out: list = []
@@ -1460,6 +1550,14 @@ def _read(expert: BaseExpert, item: Any):
         return expert.preprocess(expert.read(item))
     except ItemReadError as exc:
         return exc
+
+
+def _read_many(expert: BaseExpert, items: list) -> list:
+    return [_read(expert, item) for item in items]
+
+
+def _pool_size(pool: ThreadPoolExecutor) -> int:
+    return int(getattr(pool, "_max_workers", 1))
 
 
 def _resolve_device(device: str) -> str:
