@@ -44,8 +44,13 @@ def test_fill_cache_in_process_then_no_model_is_loaded(tmp_path):
     }
     assert (summary["rows"], summary["embedded"], summary["workers"]) == (31, 20, 1)
     assert CALLS["t", "items"] == 10  # each distinct text once
-    again = embedder.fill_cache(X, teachers=False)
+    assert CALLS["t", "load"] == CALLS["u", "load"] == 1
+    assert 0 <= summary["load_seconds"] <= summary["seconds"]
+    assert summary["torch_threads"] == {"local": __import__("torch").get_num_threads()}
+    CALLS.clear()
+    again = clone(embedder).fill_cache(X, teachers=False)
     assert (again["hits"], again["embedded"], again["items"]) == (10, 0, 10)
+    assert again["load_seconds"] == 0 and CALLS["t", "load"] == 0  # nothing to embed: no load
 
     CALLS.clear()
     fresh = clone(embedder)
@@ -84,19 +89,30 @@ def test_fill_cache_on_a_local_dask_cluster(tmp_path, tiny_text_model_dir):
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:
+        def loaded():
+            return client.run(
+                lambda: [
+                    e.is_loaded
+                    for e, _ in __import__(
+                        "medmix_sklearn.embedding._embedder", fromlist=["x"]
+                    )._LOADED_EXPERTS.values()
+                ]
+            )
+
         summary = embedder.fill_cache(X, client=client, partitions=3)
-        loaded = client.run(
-            lambda: [
-                e.is_loaded
-                for e, _ in __import__(
-                    "medmix_sklearn.embedding._embedder", fromlist=["x"]
-                )._LOADED_EXPERTS.values()
-            ]
-        )
+        # Preloaded: each worker holds one loaded copy of the expert, reused by its tasks,
+        # and runs torch on one thread (as many as its Dask threads).
+        assert list(loaded().values()) == [[True], [True]]
+        assert set(summary["torch_threads"]) == set(loaded()) and set(
+            summary["torch_threads"].values()) == {1}
+        assert 0 < summary["load_seconds"] < summary["seconds"]
+        # Without preloading, a warm cache loads no model.
+        client.restart()
+        warm = embedder.fill_cache(X, client=client, partitions=3, preload=False)
+        assert (warm["hits"], warm["embedded"], warm["load_seconds"]) == (60, 0, 0)
+        assert all(v in ([], [False]) for v in loaded().values())
     assert summary["workers"] == 2
     assert (summary["items"], summary["embedded"], summary["failures"]) == (60, 60, 0)
-    # Each worker that ran a task holds one loaded copy of the expert, reused by its tasks.
-    assert all(v in ([], [True]) for v in loaded.values()) and [True] in loaded.values()
 
     fresh = clone(embedder)
     cached = np.asarray(fresh.fit_transform(X))

@@ -241,7 +241,7 @@ def cmd_embed(args) -> int:
         print(
             f"{summary['embedded']} items embedded on {summary['workers']} worker(s), "
             f"{summary['hits']} already cached, {summary['failures']} unreadable, in "
-            f"{summary['seconds']:.1f} s"
+            f"{summary['seconds']:.1f} s ({summary['load_seconds']:.1f} s of it loading models)"
         )
         if not args.out:
             return 0

@@ -453,7 +453,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         frame = self._check_transform_input(X)
         return self._as_output(self._transform(frame, with_teachers=False), X)
 
-    def fill_cache(self, X, *, client=None, partitions=None, resources=None, teachers=True):
+    def fill_cache(
+        self, X, *, client=None, partitions=None, resources=None, teachers=True, preload=True
+    ):
         """Embed every item of X that the cache lacks, in this process or on a Dask cluster.
 
         Nothing is fitted and nothing is returned but a summary: afterwards,
@@ -484,14 +486,24 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         teachers : bool, default=True
             Also fill the teacher experts' entries (:meth:`fit_transform`
             reads them; :meth:`transform` does not).
+        preload : bool, default=True
+            With a client: first load every expert on every worker (that has
+            ``resources``), all workers at once, then send the partitions; the
+            loading is timed apart as ``load_seconds``. False loads an expert
+            on a worker only when one of its partitions has an item to embed
+            (a warm cache then loads no model). Ignored without a client.
 
         Returns
         -------
         summary : dict
             ``rows``, ``items`` (distinct items looked at, summed over
             experts), ``hits``, ``embedded``, ``failures`` (unreadable
-            items), ``seconds``, ``workers`` and ``experts``, the same counts
-            per ``"{modality}/{expert}"``.
+            items), ``seconds`` (the whole call), ``load_seconds`` (of which
+            loading models: the preload step on a cluster, else the longest
+            time one process spent loading), ``workers``, ``torch_threads``
+            (torch's intra-op threads in each process that embedded, by worker
+            address or ``"local"``) and ``experts``, the same counts per
+            ``"{modality}/{expert}"``.
         """
         import time
 
@@ -534,13 +546,25 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         summary = {"rows": int(X.shape[0]), "experts": {}}
         if client is None:
             summary["workers"] = 1
-            parts = [(name, experts, items) for name, experts, items in jobs]
-            results = [_fill_part(config, name, experts, items) for name, experts, items in parts]
+            results = [_fill_part(config, name, experts, items) for name, experts, items in jobs]
+            preloaded = None
         else:
             config["share_experts"] = True
-            results, summary["workers"] = _fill_on_dask(
-                client, config, jobs, partitions, resources, self.batch_size
+            results, summary["workers"], preloaded = _fill_on_dask(
+                client, config, jobs, partitions, resources, self.batch_size, preload
             )
+        # Loading time per process; processes load in parallel.
+        loading: dict[str, float] = {}
+        summary["torch_threads"] = {}
+        for result in results:
+            worker = result.pop("_worker")
+            loading[worker] = loading.get(worker, 0.0) + result.pop("_load_seconds")
+            summary["torch_threads"][worker] = result.pop("_torch_threads")
+        if preloaded is not None:
+            summary["load_seconds"] = preloaded["seconds"] + max(loading.values(), default=0.0)
+            summary["torch_threads"].update(preloaded["torch_threads"])
+        else:
+            summary["load_seconds"] = max(loading.values(), default=0.0)
         for result in results:
             for where, counts in result.items():
                 total = summary["experts"].setdefault(
@@ -1007,6 +1031,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         report=None,
         keep: bool = True,
         n_rows: int | None = None,
+        on_load=None,
     ) -> tuple[np.ndarray | None, np.ndarray, dict, dict]:
         """Embeddings of the unique keys: from the cache, else computed in batches.
 
@@ -1032,6 +1057,13 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             vectors = np.empty((len(keys), dim), dtype=np.float32) if keep else None
         hits = int(found.sum())
         todo = np.flatnonzero(~found).tolist()
+        if todo and on_load is not None and not expert.is_loaded:
+            # Loaded before the first batch, so that the caller can time it.
+            import time
+
+            start = time.perf_counter()
+            expert._get_model(device)
+            on_load(time.perf_counter() - start)
         if todo and cache is not None:
             cache.describe(
                 fingerprint,
@@ -1449,8 +1481,28 @@ def _shared_expert(expert: BaseExpert) -> tuple[BaseExpert, threading.Lock]:
         return _LOADED_EXPERTS[key]
 
 
+def _worker_name() -> str:
+    """This Dask worker's address, or ``"local"`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _fill_part(config: dict, modality: str, experts: list, items: list) -> dict:
-    """Embed the items the cache lacks, for each expert; return counts per expert."""
+    """Embed the items the cache lacks, for each expert; return counts per expert.
+
+    The result also holds ``_worker`` (this worker's address), ``_load_seconds``
+    (time spent loading models here) and ``_torch_threads``.
+    """
     embedder = MultimodalExpertEmbedder(
         [],
         cache_dir=config["cache_dir"],
@@ -1460,7 +1512,12 @@ def _fill_part(config: dict, modality: str, experts: list, items: list) -> dict:
         trust_file_stat=config["trust_file_stat"],
     )
     embedder.device_ = _resolve_device(config["device"])
-    counts = {}
+    counts: dict = {"_worker": _worker_name(), "_load_seconds": 0.0,
+                    "_torch_threads": _torch_threads()}
+
+    def add_load(seconds: float) -> None:
+        counts["_load_seconds"] += seconds
+
     cache = EmbeddingCache(config["cache_dir"])
     keys_by_class: dict[type, list] = {}
     with ThreadPoolExecutor(max_workers=effective_n_jobs(config["n_jobs"])) as pool, _closing(cache):
@@ -1474,34 +1531,78 @@ def _fill_part(config: dict, modality: str, experts: list, items: list) -> dict:
             if keys is None:
                 keys = embedder._content_keys(expert, items, cache, pool)
                 keys_by_class[type(expert)] = keys
-            unreadable = sum(isinstance(k, ItemReadError) for k in keys)
-            first: dict[str, int] = {}
-            for i, key in enumerate(keys):
-                if isinstance(key, str) and key not in first:
-                    first[key] = i
+            first, _, unreadable = _rank_keys(keys)
             with lock:
                 _, _, _, part = embedder._vectors_for(
-                    expert, first, items, cache, pool, where, embedder.device_, keep=False
+                    expert, first, items, cache, pool, where, embedder.device_, keep=False,
+                    on_load=add_load,
                 )
             counts[where] = {
                 "items": len(items),
                 "hits": part["hits"],
                 "embedded": part["embedded"],
-                "failures": part["failed"] + unreadable,
+                "failures": part["failed"] + len(unreadable),
             }
     return counts
 
 
-def _fill_on_dask(client, config, jobs, partitions, resources, batch_size):
+def _preload(config: dict, experts: list) -> dict:
+    """Load each expert in this worker process (kept for the partitions); return timings."""
+    import time
+
+    start = time.perf_counter()
+    device = _resolve_device(config["device"])
+    for given in experts:
+        expert, lock = _shared_expert(given)
+        with lock:
+            expert._get_model(device)
+    return {"seconds": time.perf_counter() - start, "torch_threads": _torch_threads()}
+
+
+def _fill_on_dask(client, config, jobs, partitions, resources, batch_size, preload=True):
+    """Run ``_fill_part`` over partitions of each job on the cluster.
+
+    Returns the partitions' results, the number of workers and, with
+    ``preload``, ``{"seconds": wall time of the loading step, "torch_threads":
+    {worker: n}}`` (else None).
+    """
+    import time
+
     try:
-        from distributed import as_completed
+        from distributed import as_completed, wait
     except ImportError as exc:  # pragma: no cover - dask is in the test extra
         from ..exceptions import MissingExtraError
 
         raise MissingExtraError(
             "fill_cache(client=...) needs dask.distributed: pip install 'medmix_sklearn[dask]'."
         ) from exc
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    try:  # newer versions list only a few workers unless asked for all
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # pragma: no cover - older dask.distributed
+        info = client.scheduler_info()
+    workers = info.get("workers", {})
+    n_workers = max(1, len(workers))
+    preloaded = None
+    if preload and jobs:
+        # Every worker able to take the tasks loads every expert at once, so no
+        # partition waits behind a load and loading is timed apart.
+        able = [
+            address for address, info in workers.items()
+            if all(info.get("resources", {}).get(k, 0) >= v for k, v in (resources or {}).items())
+        ]
+        experts = [expert for _, entry_experts, _ in jobs for expert in entry_experts]
+        start = time.perf_counter()
+        loads = [
+            client.submit(_preload, config, experts, workers=[address],
+                          allow_other_workers=False, resources=resources, pure=False)
+            for address in able
+        ]
+        wait(loads)
+        results = dict(zip(able, client.gather(loads)))
+        preloaded = {
+            "seconds": time.perf_counter() - start,
+            "torch_threads": {a: r["torch_threads"] for a, r in results.items()},
+        }
     n_parts = partitions or 4 * n_workers
     futures = []
     for name, experts, items in jobs:
@@ -1519,7 +1620,7 @@ def _fill_on_dask(client, config, jobs, partitions, resources, batch_size):
                 )
             )
     results = [future.result() for future in as_completed(futures)]
-    return results, n_workers
+    return results, n_workers, preloaded
 
 
 def _chunked_map(pool: ThreadPoolExecutor, func, values: list, chunk: int = 512) -> list:
