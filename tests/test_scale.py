@@ -91,26 +91,28 @@ def test_fill_cache_on_a_local_dask_cluster(tmp_path, tiny_text_model_dir):
     ) as cluster, distributed.Client(cluster) as client:
         def loaded():
             return client.run(
-                lambda: [
-                    e.is_loaded
+                lambda: sorted(
+                    (e.pooling, e.is_loaded)
                     for e, _ in __import__(
                         "medmix_sklearn.embedding._embedder", fromlist=["x"]
                     )._LOADED_EXPERTS.values()
-                ]
+                )
             )
 
         summary = embedder.fill_cache(X, client=client, partitions=3)
         # Preloaded: each worker holds one loaded copy of the expert, reused by its tasks,
         # and runs torch on one thread (as many as its Dask threads).
-        assert list(loaded().values()) == [[True], [True]]
+        assert list(loaded().values()) == [[("mean", True)], [("mean", True)]]
         assert set(summary["torch_threads"]) == set(loaded()) and set(
             summary["torch_threads"].values()) == {1}
         assert 0 < summary["load_seconds"] < summary["seconds"]
-        # Without preloading, a warm cache loads no model.
-        client.restart()
-        warm = embedder.fill_cache(X, client=client, partitions=3, preload=False)
+        # Without preloading, a warm cache loads no model: another expert (CLS
+        # pooling), its entries made in this process first.
+        other = clone(embedder).set_params(report=TextExpert(tiny_text_model_dir, pooling="cls"))
+        other.fill_cache(X)
+        warm = other.fill_cache(X, client=client, partitions=3, preload=False)
         assert (warm["hits"], warm["embedded"], warm["load_seconds"]) == (60, 0, 0)
-        assert all(v in ([], [False]) for v in loaded().values())
+        assert all(("cls", True) not in v for v in loaded().values())
     assert summary["workers"] == 2
     assert (summary["items"], summary["embedded"], summary["failures"]) == (60, 60, 0)
 
@@ -263,3 +265,28 @@ def test_factorize_keeps_types_apart_and_unhashable_items_distinct():
     error = ItemReadError("no")
     first, position, unreadable = _rank_keys(["k2", error, "k2"])
     assert first == {"k2": 0} and position.tolist() == [0, -1, 0] and unreadable == [1]
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_only_runs_every_step(tmp_path, capsys):
+    """benchmarks/gpu_check.py, the CPU standing in for the GPU, with tiny models."""
+    import importlib.util
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu.json"
+    status = gpu_check.main(["--cpu-only", "--models", "tiny", "--n", "8", "--batch-size", "4",
+                             "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "RESULT: all checks passed" in printed
+    figures = json.loads(out.read_text())
+    assert figures["failures"] == [] and figures["n"] == 8
+    # The CPU against itself: float32 agrees to rounding, the classifier exactly.
+    assert figures["image_float32_max_abs_diff"] <= 1e-5
+    assert figures["text_float32_max_abs_diff"] <= 1e-5
+    assert figures["classifier_cpu_vs_gpu_max_proba_diff"] <= 1e-6
+    assert figures["images_per_s_embedder"] > 0 and figures["texts_per_s_hand_loop"] > 0
