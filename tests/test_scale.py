@@ -290,3 +290,18 @@ def test_gpu_check_cpu_only_runs_every_step(tmp_path, capsys):
     assert figures["text_float32_max_abs_diff"] <= 1e-5
     assert figures["classifier_cpu_vs_gpu_max_proba_diff"] <= 1e-6
     assert figures["images_per_s_embedder"] > 0 and figures["texts_per_s_hand_loop"] > 0
+
+
+def test_text_keys_in_bulk_match_the_experts_content_key(tiny_text_model_dir):
+    from medmix_sklearn.exceptions import ItemReadError
+    from medmix_sklearn.experts._text import text_content_keys
+
+    class Note(str):
+        pass
+
+    expert = TextExpert(tiny_text_model_dir)
+    items = ["a", " a ", "b\n", Note(" b"), "ünïcode", 3, None]
+    keys = text_content_keys(items)
+    assert keys[:5] == [expert.content_key(item) for item in items[:5]]
+    assert keys[0] == keys[1] and keys[2] == keys[3]
+    assert all(isinstance(k, ItemReadError) for k in keys[5:])

@@ -37,6 +37,7 @@ from .._layout import (
 from .._missing import is_missing, missing_cells, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
+from ..experts._text import TextExpert, text_content_keys
 from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]
@@ -582,7 +583,8 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         # an explicit set_output(...) choice is left to scikit-learn's wrapper.
         explicit = getattr(self, "_sklearn_output_config", {}).get("transform")
         if explicit is None and isinstance(X, pd.DataFrame):
-            return pd.DataFrame(values, columns=self.feature_names_out_, index=X.index)
+            # No copy: ``values`` is this call's own array.
+            return pd.DataFrame(values, columns=self.feature_names_out_, index=X.index, copy=False)
         return values
 
     def get_feature_names_out(self, input_features=None):
@@ -1000,7 +1002,11 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     if key is not None:
                         keys[i] = key
                 todo = [i for i in todo if keys[i] is None]
-        computed = _chunked_map(pool, lambda i: _content_key(expert, items[i]), todo)
+        if no_files and type(expert).content_key is TextExpert.content_key:
+            # Plain texts: hashing is cheaper than handing them to threads.
+            computed = text_content_keys([items[i] for i in todo])
+        else:
+            computed = _chunked_map(pool, lambda i: _content_key(expert, items[i]), todo)
         remember = []
         for i, key in zip(todo, computed):
             keys[i] = key
@@ -1043,15 +1049,17 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         dim = int(expert.output_dim)
         keys = list(first)
         fingerprint = expert.fingerprint(device) if cache is not None else ""
-        if cache is not None and keys:
+        if cache is not None and keys and keep:
+            # One lookup; its arrays are this call's own.
+            vectors, found = cache.get_array(fingerprint, keys, dim)
+        elif cache is not None and keys:
+            # Nothing kept: bounded memory, in steps.
             found = np.zeros(len(keys), dtype=bool)
-            vectors = np.empty((len(keys), dim), dtype=np.float32) if keep else None
-            step = len(keys) if keep else 65536  # bounded memory when nothing is kept
-            for start in range(0, len(keys), step):
-                part, ok = cache.get_array(fingerprint, keys[start : start + step], dim)
-                found[start : start + step] = ok
-                if keep:
-                    vectors[start : start + step] = part
+            vectors = None
+            for start in range(0, len(keys), 65536):
+                _, found[start : start + 65536] = cache.get_array(
+                    fingerprint, keys[start : start + 65536], dim
+                )
         else:
             found = np.zeros(len(keys), dtype=bool)
             vectors = np.empty((len(keys), dim), dtype=np.float32) if keep else None
@@ -1421,6 +1429,9 @@ def _rank_keys(keys: list) -> tuple[dict, np.ndarray, list]:
     """
     values = np.fromiter(keys, dtype=object, count=len(keys))
     if len(keys) and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        first = dict(zip(keys, range(len(keys))))
+        if len(first) == len(keys):  # all distinct (the usual case): nothing to merge
+            return first, np.arange(len(keys), dtype=np.intp), []
         codes, distinct = pd.factorize(values)
         # Where each distinct key first appears: codes are in first-seen order.
         running = np.maximum.accumulate(codes)

@@ -53,6 +53,22 @@ def text_content_key(item) -> str:
     return hashlib.sha256(b"text\0" + text.encode("utf-8")).hexdigest()
 
 
+def text_content_keys(items: list) -> list:
+    """``text_content_key`` of each item, or the ItemReadError it raises (a tight loop)."""
+    sha256 = hashlib.sha256
+    keys: list = []
+    append = keys.append
+    for item in items:
+        if item.__class__ is str:
+            append(sha256(b"text\0" + item.strip().encode("utf-8")).hexdigest())
+        else:
+            try:
+                append(text_content_key(item))
+            except ItemReadError as exc:
+                append(exc)
+    return keys
+
+
 class _LoadedTextModel:
     def __init__(self, module, tokenizer, max_length: int):
         self.module = module
