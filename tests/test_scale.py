@@ -294,14 +294,20 @@ def test_gpu_check_cpu_only_runs_every_step(tmp_path, capsys):
 
 def test_text_keys_in_bulk_match_the_experts_content_key(tiny_text_model_dir):
     from medmix_sklearn.exceptions import ItemReadError
-    from medmix_sklearn.experts._text import text_content_keys
 
     class Note(str):
         pass
 
+    class Lowered(TextExpert):
+        def content_key(self, item):
+            return super().content_key(str(item).lower())
+
     expert = TextExpert(tiny_text_model_dir)
     items = ["a", " a ", "b\n", Note(" b"), "ünïcode", 3, None]
-    keys = text_content_keys(items)
+    keys = expert.content_keys(items)
     assert keys[:5] == [expert.content_key(item) for item in items[:5]]
     assert keys[0] == keys[1] and keys[2] == keys[3]
     assert all(isinstance(k, ItemReadError) for k in keys[5:])
+    # A subclass that keys texts its own way is followed.
+    lowered = Lowered(tiny_text_model_dir)
+    assert lowered.content_keys(["A", "a"]) == [lowered.content_key("a")] * 2

@@ -37,7 +37,6 @@ from .._layout import (
 from .._missing import is_missing, missing_cells, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
-from ..experts._text import TextExpert, text_content_keys
 from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]
@@ -1002,9 +1001,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
                     if key is not None:
                         keys[i] = key
                 todo = [i for i in todo if keys[i] is None]
-        if no_files and type(expert).content_key is TextExpert.content_key:
-            # Plain texts: hashing is cheaper than handing them to threads.
-            computed = text_content_keys([items[i] for i in todo])
+        if no_files:
+            # Texts: hashing is cheaper than handing them to threads.
+            computed = expert.content_keys([items[i] for i in todo])
         else:
             computed = _chunked_map(pool, lambda i: _content_key(expert, items[i]), todo)
         remember = []
