@@ -533,7 +533,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             if entry.is_tabular:
                 continue
             label = X.columns[_resolve_columns(entry, X)[0]]
-            items = _distinct(v for v in X[label].tolist() if not is_missing(v))
+            values = X[label].tolist()
+            missing = missing_cells(values)
+            _, items = _factorize([v for v, m in zip(values, missing.tolist()) if not m])
             if items:
                 jobs.append((entry.name, list(entry.experts), items))
         config = {
@@ -1459,21 +1461,6 @@ def _put_block(out: np.ndarray, rows: np.ndarray, columns, values: np.ndarray) -
         out[rows, columns[0] : columns[-1] + 1] = values
     else:
         out[np.ix_(rows, columns)] = values
-
-
-def _distinct(values) -> list:
-    """Items in first-seen order, repeats dropped where the item is hashable."""
-    seen: set = set()
-    out = []
-    for value in values:
-        try:
-            if value in seen:
-                continue
-            seen.add(value)
-        except TypeError:  # arrays and other unhashable items are kept as they are
-            pass
-        out.append(value)
-    return out
 
 
 # Experts already loaded in this (worker) process, by class and fingerprint: a
