@@ -13,8 +13,9 @@ prediction, returns them as NaN without loading the teacher model.
   teacher columns inside ``fit`` and its out-of-fold probabilities are
   distilled into the network;
 - ``teacher=("align", <classifier>)``: both;
-- ``teacher="auto"`` (recommended): ``"align"`` plus a default logistic
-  teacher, the combination that measured best in the teacher benchmark.
+- ``teacher="auto"`` (recommended): distillation from a default logistic
+  teacher on the teacher columns alone, the setting that measured best in
+  the teacher benchmark.
 
 With ``unlabeled_value=-1``, rows whose label is -1 train through the teacher
 terms alone (semi-supervised distillation; see docs/concepts.md).

@@ -15,7 +15,13 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from medmix_sklearn.exceptions import MissingModalityWarning
 from medmix_sklearn.fusion import MedMIXClassifier
-from medmix_sklearn.fusion._losses import FusionLoss, alignment_loss, distillation_loss
+from medmix_sklearn.fusion._classifier import _default_teacher
+from medmix_sklearn.fusion._losses import (
+    FusionLoss,
+    alignment_loss,
+    distillation_loss,
+    teacher_validation_loss,
+)
 from medmix_sklearn.fusion._net import BlockDataset
 from medmix_sklearn.fusion._network import AlignmentHeads, FusionOutput, MedMIXNetwork
 
@@ -450,7 +456,7 @@ def test_teacher_modes_parse():
     alignment, estimator = clf._teacher_modes()
     assert alignment == ("contrastive",) and isinstance(estimator, HistGradientBoostingClassifier)
     alignment, estimator = MedMIXClassifier(teacher="auto")._teacher_modes()
-    assert alignment == ("cosine",)
+    assert alignment == ()  # distillation alone: alignment added nothing on OpenI
     assert isinstance(estimator, Pipeline) and isinstance(estimator[-1], LogisticRegression)
     assert MedMIXClassifier(teacher=["contrastive", "align"])._teacher_modes() == (("cosine", "contrastive"), None)
 
@@ -632,3 +638,96 @@ def test_name_runs_round_trip():
     runs = _name_runs(names)
     assert runs == ["age", ("x__", 1, 4), "x__07", ("x__", 8, 9), ("y__", 0, 1), ("y__", 2, 3), ("", 10, 12)]
     assert _names_from_runs(runs).tolist() == names
+
+
+# -- auto's teacher and early stopping on teacher-labelled rows --------------------
+def test_auto_teacher_reads_only_the_teacher_columns(data):
+    X, y = data
+    ys = semi(y)
+    labeled = ys != -1
+    y_enc = np.where(labeled, ys, 0)
+    weights = np.ones(len(y))
+    # Noise in every student column: auto's soft labels do not move, a given teacher's do.
+    noisy = X.copy()
+    students = [c for c in X.columns if not c.startswith(TEACHER_PREFIX)]
+    present = noisy[students].notna().to_numpy()
+    noise = np.random.default_rng(1).normal(size=present.shape)
+    noisy[students] = np.where(present, noise, np.nan)
+    auto = MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
+    given = MedMIXClassifier(teacher=_default_teacher(), unlabeled_value=-1, **FAST).fit(X, ys)
+    for clf, moves in ((auto, False), (given, True)):
+        a = clf._cross_fit_teacher(_default_teacher(), X.to_numpy(), y_enc, weights, labeled)
+        b = clf._cross_fit_teacher(_default_teacher(), noisy.to_numpy(), y_enc, weights, labeled)
+        np.testing.assert_allclose(a.sum(axis=1), 1.0)
+        assert (not np.allclose(a, b, atol=1e-6)) == moves
+    # The teacher columns alone still rank the unlabelled rows well (they carry the latent factors).
+    from sklearn.metrics import roc_auc_score
+
+    soft = auto._cross_fit_teacher(_default_teacher(), X.to_numpy(), y_enc, weights, labeled)
+    has_teacher = X[teacher_columns(X)].notna().any(axis=1).to_numpy()
+    rows = ~labeled & has_teacher
+    assert roc_auc_score(y[rows], soft[rows, 1]) > 0.9
+
+
+def test_teacher_validation_loss_value_and_mask():
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.5, 0.5], [1.0, -1.0]])
+    y = torch.tensor([1, 0, 0, 0])
+    soft = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
+    soft_mask = torch.tensor([True, True, True, False])
+    labeled = torch.tensor([True, False, False, False])
+    weights = torch.tensor([1.0, 2.0, 1.0, 5.0])
+    log_p = torch.log_softmax(logits, dim=1)
+    # Row 0: its label; rows 1-2: their soft labels; row 3: neither, so it counts nothing.
+    expected = (1.0 * -log_p[0, 1] - 2.0 * (soft[1] * log_p[1]).sum() - 1.0 * (soft[2] * log_p[2]).sum()) / 4.0
+    got = teacher_validation_loss(logits, y, soft, soft_mask, labeled, weights)
+    assert torch.isclose(got, expected)
+    # Every row labelled: the plain weighted cross-entropy, whatever the soft labels say.
+    everyone = torch.ones(4, dtype=torch.bool)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert torch.isclose(teacher_validation_loss(logits, y, soft, soft_mask, everyone, weights),
+                         (ce * weights).sum() / weights.sum())
+    # FusionLoss scores held-out rows this way (not the training terms), and only outside training.
+    output = (logits, torch.zeros(4, 1, 2), None, None, torch.ones(4, 1, dtype=torch.bool))
+    crit = FusionLoss(aux_weight=0.3, distill_weight=3.0, temperature=2.0)
+    held_out = crit(output, y, weights, training=False, distill=(soft, soft_mask), labeled=labeled)
+    assert torch.isclose(held_out, expected)
+    plain = crit(output, y, weights, training=False, labeled=labeled)
+    assert torch.isclose(plain, -log_p[0, 1])  # without soft labels: the labelled rows only
+
+
+def test_validation_split_holds_out_teacher_labelled_rows(data):
+    X, y = data
+    ys = semi(y, n_labeled=60)
+    labeled = ys != -1
+    clf = MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
+    y_enc = np.where(labeled, ys, 0)
+    scored = ~labeled & X[teacher_columns(X)].notna().any(axis=1).to_numpy()
+    train_idx, valid_idx = clf._validation_split(y_enc, labeled, scored)
+    assert not set(train_idx) & set(valid_idx)
+    assert set(train_idx) | set(valid_idx) == set(range(len(y)))
+    held_lab = labeled[valid_idx].sum()
+    assert held_lab == int(np.ceil(0.1 * labeled.sum()))
+    held_unlab = valid_idx[~labeled[valid_idx]]
+    assert len(held_unlab) == int(np.ceil(0.1 * scored.sum())) and scored[held_unlab].all()
+    # Unlabelled rows without a soft label are never held out; without soft labels only labelled rows are.
+    assert set(np.flatnonzero(~labeled & ~scored)) <= set(train_idx)
+    _, labelled_only = clf._validation_split(y_enc, labeled, None)
+    assert labeled[labelled_only].all() and len(labelled_only) == held_lab
+
+
+def test_semi_supervised_early_stopping_watches_teacher_labelled_rows(data, monkeypatch):
+    X, y = data
+    ys = semi(y, n_labeled=60)
+    seen = {}
+    original = MedMIXClassifier._validation_split
+
+    def spy(self, y_enc, labeled, scored=None):
+        out = original(self, y_enc, labeled, scored)
+        seen["valid"], seen["labeled"] = out[1], labeled
+        return out
+
+    monkeypatch.setattr(MedMIXClassifier, "_validation_split", spy)
+    MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
+    assert (~seen["labeled"][seen["valid"]]).sum() > 0  # a soft-label teacher: unlabelled rows held out
+    MedMIXClassifier(teacher="align", unlabeled_value=-1, **FAST).fit(X, ys)
+    assert seen["labeled"][seen["valid"]].all()  # alignment only: labelled rows only

@@ -172,12 +172,10 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         are never inputs of the network: ``predict`` does not read them.
 
         - ``None``: teacher blocks, if any, are ignored.
-        - ``"auto"`` (recommended when X has teacher blocks): the
-          combination chosen with ``benchmarks/bench_teachers.py``, given
-          below. docs/benchmarks/teachers.md reports what it brings: on
-          OpenI, level with no teacher (all rows labelled, or 300 labelled
-          plus unlabelled rows), and well above the shuffled- and
-          self-teacher controls.
+        - ``"auto"`` (recommended when X has teacher blocks, above all with
+          few labelled rows and many unlabelled ones): the setting chosen
+          with ``benchmarks/bench_teachers.py``, given below.
+          docs/benchmarks/teachers.md reports what it brings on OpenI.
         - ``"align"``: each teacher block is a regression target for a small
           projection head (``Linear -> GELU -> Linear``) on a student
           representation: the token of the student modality of the same name,
@@ -202,10 +200,17 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         - a tuple combining ``"align"``, ``"contrastive"`` and at most one
           classifier, e.g. ``("align", classifier)``: every term named.
 
-        ``"auto"`` is ``("align", LogisticRegression teacher)``; the teacher
-        estimator is mean imputation, standardisation and an L2 logistic
-        regression (``C=0.1``) on the student and teacher columns,
-        cross-fitted like any classifier given here.
+        ``"auto"`` is distillation from a default teacher estimator: mean
+        imputation, standardisation and an L2 logistic regression
+        (``C=0.1``) on the teacher columns alone, cross-fitted like any
+        classifier given here (a classifier given here reads the student and
+        the teacher columns). A teacher that also reads the student columns
+        learns their weights from the labelled rows alone, and hands that
+        noise to the student; on OpenI with 300 labelled rows the
+        teacher-columns-only teacher, ``distill_weight=3`` and early
+        stopping on held-out unlabelled rows as well (see
+        ``unlabeled_value``) are what made distillation pay, and adding
+        ``"align"`` or ``"contrastive"`` to it added nothing.
 
         A row whose teacher blocks are all NaN gets no teacher term (for
         alignment: each teacher block counts only on the rows where it, and
@@ -225,8 +230,14 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Unlabelled rows therefore need a ``teacher``: without one they are
         refused. ``classes_`` holds the labelled classes only;
         ``class_weight="balanced"`` and the teacher's folds are computed on
-        labelled rows; early stopping holds out labelled rows only (all
-        unlabelled rows are trained on). ``partial_fit`` refuses unlabelled
+        labelled rows. Early stopping holds out ``validation_fraction`` of
+        the labelled rows (stratified) and, when the teacher gives soft
+        labels, of the unlabelled rows that have one; the held-out loss
+        scores labelled rows against their label and unlabelled rows against
+        the teacher's out-of-fold soft label, so that a fit with a few
+        hundred labelled rows does not stop on a few dozen of them. With
+        only alignment, the unlabelled rows are all trained on and early
+        stopping holds out labelled rows only. ``partial_fit`` refuses unlabelled
         rows (it has no teacher). None: every value of ``y`` is a class.
     consistency_weight : float, default=1.0
         Weight of the consistency term on unlabelled rows: ``KL(p_full ||
@@ -236,8 +247,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     align_weight : float, default=1.0
         Weight of the alignment terms (``teacher`` with ``"align"`` or
         ``"contrastive"``).
-    distill_weight : float, default=1.0
-        Weight of the distillation term (``teacher`` with a classifier).
+    distill_weight : float, default=3.0
+        Weight of the distillation term (``teacher`` with a classifier, or
+        ``"auto"``). The supervised term is a mean over the labelled rows of
+        a batch and the distillation term a mean over every row with a soft
+        label. Chosen on OpenI with 300 labelled and 2,600 unlabelled rows
+        (docs/benchmarks/teachers.md compares 1, 3 and 10).
     distill_temperature : float, default=2.0
         Temperature ``T`` of the distillation term, ``T**2 *
         KL(teacher_T || student_T)``; the teacher's probabilities are
@@ -379,7 +394,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         unlabeled_value=None,
         consistency_weight=1.0,
         align_weight=1.0,
-        distill_weight=1.0,
+        distill_weight=3.0,
         distill_temperature=2.0,
         teacher_cv=5,
         blocks=None,
@@ -508,7 +523,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         valid = None
         train_idx = np.arange(len(y_enc))
         if self.early_stopping:
-            train_idx, valid_idx = self._validation_split(y_enc, labeled)
+            soft = dataset.teacher.get("soft_mask")
+            scored = None if soft is None else soft.numpy() & ~labeled
+            train_idx, valid_idx = self._validation_split(y_enc, labeled, scored)
             if valid_idx is not None:
                 valid = dataset.subset(valid_idx)
         self.net_ = self._build_net(valid, aligner=aligner, alignment=alignment)
@@ -916,7 +933,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             return (), None
         if isinstance(teacher, str):
             if teacher == _AUTO:
-                return ("cosine",), _default_teacher()
+                return (), _default_teacher()
             return (names[teacher],), None  # checked by the parameter constraints
         if not isinstance(teacher, (tuple, list)):
             return (), self._check_teacher_estimator(teacher)
@@ -935,6 +952,10 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             "tuple of at least two of them with each string at most once and at most one "
             f"classifier, such as ('align', classifier). Got {teacher!r} instead."
         )
+
+    def _privileged_teacher(self) -> bool:
+        """Whether the cross-fitted teacher reads the teacher columns only (``teacher="auto"``)."""
+        return isinstance(self.teacher, str) and self.teacher == _AUTO
 
     @staticmethod
     def _check_teacher_estimator(estimator):
@@ -1014,16 +1035,19 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         labeled: np.ndarray,
         routed: dict | None = None,
     ) -> np.ndarray:
-        """Class probabilities of the teacher on student + teacher columns, never in-sample.
+        """Class probabilities of the teacher, never in-sample.
 
-        Labelled rows get their out-of-fold probabilities (each fold model is
+        The teacher reads the student and teacher columns; ``teacher="auto"``'s
+        default teacher reads the teacher columns only (see
+        :func:`_default_teacher`). Labelled rows get their out-of-fold probabilities (each fold model is
         fitted on the other labelled rows); unlabelled rows, which no fold
         model was fitted on, get the mean of the fold models' probabilities.
         ``routed``: the fit parameters metadata routing sends to the teacher
         (per-row ones are split with the rows), or None without routing.
         """
+        students = [] if self._privileged_teacher() else [self._columns]
         columns = np.concatenate(
-            [self._columns] + [np.asarray(b.columns, dtype=np.intp) for b in self.teacher_blocks_]
+            students + [np.asarray(b.columns, dtype=np.intp) for b in self.teacher_blocks_]
         )
         X_teacher = X[:, columns]
         rows = np.flatnonzero(labeled)
@@ -1098,8 +1122,15 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             )
         return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
 
-    def _validation_split(self, y_enc: np.ndarray, labeled: np.ndarray):
-        """Stratified held-out labelled rows; every unlabelled row is trained on."""
+    def _validation_split(self, y_enc: np.ndarray, labeled: np.ndarray, scored: np.ndarray | None = None):
+        """Held-out rows for early stopping: stratified labelled rows, and some unlabelled ones.
+
+        ``scored`` (bool per row, or None) marks the unlabelled rows that have
+        the teacher's soft label: ``validation_fraction`` of them is held out
+        too, and scored against that label, so that a fit with few labelled
+        rows stops on many held-out rows instead of a handful. The other
+        unlabelled rows are all trained on.
+        """
         idx = np.flatnonzero(labeled)
         try:
             train_idx, valid_idx = train_test_split(
@@ -1114,7 +1145,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=4,
             )
             return np.arange(len(y_enc)), None
-        return np.sort(np.concatenate([train_idx, np.flatnonzero(~labeled)])), np.sort(valid_idx)
+        unlabeled = np.flatnonzero(~labeled)
+        if scored is not None and scored.sum() >= 2:
+            rows = np.flatnonzero(scored)
+            _, held = train_test_split(rows, test_size=self.validation_fraction, random_state=self.seed_)
+            valid_idx = np.concatenate([valid_idx, held])
+            unlabeled = np.setdiff1d(unlabeled, held)
+        return np.sort(np.concatenate([train_idx, unlabeled])), np.sort(valid_idx)
 
     def _restore_net(self) -> FusionNet:
         """An initialised net for this fitted classifier, on a device that exists here.
@@ -1306,7 +1343,13 @@ def _names_from_runs(runs: list) -> np.ndarray:
 
 
 def _default_teacher():
-    """The teacher estimator of ``teacher="auto"``: imputed, standardised L2 logistic regression."""
+    """The teacher estimator of ``teacher="auto"``: imputed, standardised L2 logistic regression.
+
+    It is cross-fitted on the teacher columns alone: a teacher that also reads
+    the student's columns learns their weights from the few labelled rows, and
+    passes that noise on to the student through its soft labels
+    (docs/benchmarks/teachers.md).
+    """
     return make_pipeline(
         SimpleImputer(keep_empty_features=True),
         StandardScaler(),

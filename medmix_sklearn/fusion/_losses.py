@@ -28,7 +28,10 @@ loss that early stopping watches):
 
 Semi-supervised batches carry a ``labeled`` mask: the supervised terms (main
 and auxiliary cross-entropy) use only labelled rows, while the teacher terms
-and the consistency term use every row that has what they need.
+and the consistency term use every row that has what they need. Their
+held-out loss (early stopping) is :func:`teacher_validation_loss`: held-out
+unlabelled rows are scored against the teacher's out-of-fold soft labels, so
+that a fit with few labelled rows does not stop on a handful of them.
 """
 
 from __future__ import annotations
@@ -162,6 +165,30 @@ def contrastive_alignment_loss(
     return torch.stack(terms).mean()
 
 
+def teacher_validation_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    soft_target: torch.Tensor,
+    soft_mask: torch.Tensor,
+    labeled: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted mean cross-entropy against the label, or the teacher's soft label where there is none.
+
+    The held-out loss of a semi-supervised fit: a labelled row scores
+    ``-log p_student(y)``; an unlabelled row with a soft label scores
+    ``-sum_c p_teacher(c) log p_student(c)`` (temperature 1: the teacher's
+    out-of-fold probabilities as they are); an unlabelled row without one
+    counts nothing. 0 (not NaN) when no row counts.
+    """
+    log_student = torch.log_softmax(logits, dim=1)
+    hard = F.nll_loss(log_student, y, reduction="none")
+    soft = -(soft_target.to(logits.dtype) * log_student).sum(dim=1)
+    per_row = torch.where(labeled, hard, soft)
+    w = weights * (labeled | soft_mask).to(weights.dtype)
+    return (per_row * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+
 def consistency_loss(logits: torch.Tensor, full_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean ``KL(softmax(full_logits) || softmax(logits))``.
 
@@ -286,6 +313,11 @@ class FusionLoss(nn.Module):
         get no supervised term (their ``y`` is ignored) and no class weight.
         ``full_logits`` is the prediction without modality dropout, the
         target of the consistency term on the unlabelled rows.
+
+        Outside training, a batch with ``labeled`` and ``distill`` (held-out
+        unlabelled rows with the teacher's soft labels) scores
+        :func:`teacher_validation_loss`: the labelled rows against their
+        label, the unlabelled ones against their soft label.
         """
         logits, aux_logits, _, _, modality_mask = output[:5]
         y = y.long()
@@ -298,9 +330,13 @@ class FusionLoss(nn.Module):
             supervised = weights * labeled.to(weights.dtype)
         else:
             supervised = weights
-        loss = weighted_cross_entropy(logits, y, supervised)
         if not training:
-            return loss
+            if labeled is not None and distill is not None:
+                soft_target, mask = distill
+                mask = mask.to(device=logits.device, dtype=torch.bool)
+                return teacher_validation_loss(logits, y, soft_target, mask, labeled, weights)
+            return weighted_cross_entropy(logits, y, supervised)
+        loss = weighted_cross_entropy(logits, y, supervised)
         if self.aux_weight > 0:
             loss = loss + self.aux_weight * auxiliary_loss(aux_logits, y, modality_mask, supervised)
         if align is not None and self.align_weight > 0:

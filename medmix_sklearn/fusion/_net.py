@@ -294,7 +294,8 @@ class FusionNet(NeuralNet):
                 spec = (predictions, to_tensor(X["teacher_x"], device=self.device), teacher_mask & source_present)
                 align = spec if "cosine" in self.alignment else None
                 contrast = spec if "contrastive" in self.alignment else None
-            if training and "soft_target" in X:
+            # Outside training, soft labels score held-out unlabelled rows (early stopping).
+            if "soft_target" in X and (training or labeled is not None):
                 distill = (
                     to_tensor(X["soft_target"], device=self.device),
                     to_tensor(X["soft_mask"], device=self.device),
