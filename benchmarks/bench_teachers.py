@@ -90,6 +90,7 @@ QUICK = dict(openi_rows=800, gen_n=200, cost_repeats=5,
 LAB_COLUMNS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]
 TEACHER_PREFIX = "teacher__"
 MAIN_METHODS = ("none", "auto", "shuffled", "self")
+BOUNDS = ("oracle",)
 TRIED_METHODS = ("auto_w1", "auto_w10", "auto_labelled_stop", "distill_all", "previous_auto", "align_auto",
                  "contrastive_auto", "pseudo", "oracle")
 LABELS = {
@@ -440,7 +441,9 @@ def targets(summary: dict) -> list[dict]:
         d = auto_all["minus_none"]
         out.append({"target": "n=all: auto - none >= -0.005 AUROC", "value": d["mean"], "std": d["std"],
                     "n_seeds": d["n_seeds"], "met": bool(d["mean"] >= -0.005)})
-    best = max(((r["auroc_mean"], f"n={n} {m}") for n, t in openi.items() for m, r in t.items()), default=None)
+    # The bounds use labels a user does not have (pseudo: no; oracle: the true labels), so they do not count.
+    best = max(((r["auroc_mean"], f"n={n} {m}") for n, t in openi.items() for m, r in t.items()
+                if m not in BOUNDS), default=None)
     if best:
         out.append({"target": "indication + age reaches 0.77 AUROC (any setting)", "value": best[0],
                     "where": best[1], "met": bool(best[0] >= 0.77)})
@@ -685,7 +688,9 @@ def diagnosis(doc: dict) -> list[str]:
         f"{said('oracle', 'none')}; minus auto: {said('oracle')}.",
         f"- Early stopping. The previous fit held out 10% of the labelled rows only: 30 rows decided when "
         f"to stop. Auto with that rule minus auto (which also holds out 10% of the unlabelled rows, "
-        f"scored against the teacher's out-of-fold soft labels): {said('auto_labelled_stop')}.",
+        f"scored against the teacher's out-of-fold soft labels): {said('auto_labelled_stop')}. At weight 3 "
+        "the stopping rule matters little; in pilots at weight 1 (6 seeds, not rerun by this script) the "
+        "teacher-columns-only teacher scored 0.711 with labelled-only stopping and 0.741 with it.",
         f"- The teacher's inputs. A logistic teacher that also reads the student columns (what any "
         f"classifier passed as `teacher=` gets) minus auto: {said('distill_all')}. Fitted on 300 rows, it "
         "learns the student columns' weights from the labels alone and hands that noise to the student; "
@@ -791,6 +796,15 @@ def report(doc: dict, out: str) -> str:
             lines += [f"### n = {n} labelled ({any_row['n_labelled']} labelled + {any_row['n_unlabelled']} "
                       "unlabelled training rows)", ""]
             lines += _cell_table(table) + [""]
+    if not any(k.startswith("gen_") for k in doc["summary"]):
+        lines += [
+            "## Generator settings (large-small, weak student): not re-run",
+            "",
+            "The generator's block matrices (EfficientNet-Lite0/Lite2, MiniLM) were not in the reused data",
+            "file, and embedding them again did not fit this run on the shared machine; the previous",
+            "page (git history of this file, commit 93b9f44) has their figures for the previous `auto`.",
+            "",
+        ]
     lines += reading(doc)
     c = doc.get("cost")
     if c and c.get("level") == "classifier":
