@@ -114,7 +114,8 @@ DEFAULT_ONLY = ("gen_random", "gen_label", "openi")
 
 FULL = dict(n_gen=800, n_folds=5, seeds=(0,), openi_rows=2000, train_rates=TRAIN_RATES,
             sizing="OpenI subsampled to 2,000 of its 3,860 reports, stratified with seed 0, and 5 folds x "
-                   "1 seed: about 40 min of single-thread fitting on the loaded machine for the four data sets")
+                   "1 seed, sized for about 40 min of single-thread fitting on the loaded machine; the cost "
+                   "line above gives what it took")
 QUICK = dict(n_gen=200, n_folds=3, seeds=(0,), openi_rows=600, train_rates=(0.0, 0.6),
              sizing="--quick: 200 generated rows, OpenI subsampled to 600, 3 folds x 1 seed")
 
