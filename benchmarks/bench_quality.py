@@ -152,6 +152,8 @@ STUDY = {
     "medmix_no_modality_dropout": ("medmix", {"modality_dropout": 0.0}, "MedMIX, modality dropout 0"),
     "medmix_pattern_prior_zero_init": ("medmix_zero_init", {"pattern_prior": True},
                                        "MedMIX, pattern_prior=True, biases started at 0"),
+    "medmix_modality_dropout_0.4": ("medmix", {"modality_dropout": 0.4}, "MedMIX, modality dropout 0.4"),
+    "medmix_modality_dropout_0.6": ("medmix", {"modality_dropout": 0.6}, "MedMIX, modality dropout 0.6"),
 }
 STUDY_SETS = ("gen_label",)
 
