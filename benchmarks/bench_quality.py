@@ -673,7 +673,8 @@ def report(doc: dict, out: str) -> str:
         f"what is stored, `--methods` picks methods, `--force` recomputes them): `{meta['run_command']}`.",
         f"- Code: the figures come from commit(s) {', '.join(commits)} (per method below when they differ); "
         f"page written {meta['date']}.",
-        f"- Cost: {meta['cpu_seconds'] / 60:.1f} min of fitting and scoring summed over the stored entries "
+        f"- Cost: {meta['cpu_seconds'] / 60:.1f} min of fitting and scoring summed over the stored entries, "
+        "the MedMIX study variants included "
         f"(one thread each; the machine: {meta['machine']}).",
         f"- Protocol: {meta['n_folds']}-fold stratified CV x seeds {meta['seeds']} (the same folds for every "
         "method); mean ± std over the folds (the ± is the spread over folds, population std). The machine was "
