@@ -60,6 +60,7 @@ import datetime as dt
 import json
 import os
 import pickle
+import shlex
 import sys
 import time
 import warnings
@@ -641,8 +642,26 @@ def reading(doc: dict) -> list[str]:
     for key in ("gen_large_small", "gen_weak_student"):
         for n, t in summary.get(key, {}).items():
             if "auto" in t and "none" in t:
+                others = "".join(
+                    f"; {LABELS[m]} minus none {_fmt(_d(t, m))}" for m in ("previous_auto", "distill_all") if m in t
+                )
                 lines.append(f"- {key} n={n}: none {t['none']['auroc_mean']:.3f}, auto "
-                             f"{t['auto']['auroc_mean']:.3f}; auto minus none {_fmt(_d(t, 'auto'))}.")
+                             f"{t['auto']['auroc_mean']:.3f}; auto minus none {_fmt(_d(t, 'auto'))}{others}.")
+    if any(k.startswith("gen_") for k in summary):
+        lines.append(
+            "- The generator settings do not follow OpenI. There the teacher blocks (findings and "
+            "impression) say far more than the student's inputs; in the large-small setting the teacher "
+            "block is a second image model while the student also has the text, labs and demographics, so "
+            "a teacher on the teacher columns alone can be weaker than the student (its own AUROC was not "
+            "measured there), and its soft labels then pull the student down" + (
+                "; the teachers that read the student columns too (the previous auto, a logistic "
+                "teacher on all columns) are compared above on the same seeds. "
+                if any("previous_auto" in t for k, c in summary.items() if k.startswith("gen_") for t in c.values())
+                else ". "
+            ) + "`auto`'s choice of "
+            "inputs fits data whose privileged blocks dominate, like OpenI's reports; choosing the "
+            "teacher's inputs from the data (e.g. by out-of-fold loss) is left open."
+        )
     lines += [""] + diagnosis(doc)
     return lines
 
@@ -901,7 +920,7 @@ def main(argv=None) -> dict:
     cache_dir = os.path.join(args.work, "cache")
     machine = machine_description()
     start = time.perf_counter()
-    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
     command = f".venv/bin/python benchmarks/bench_teachers.py {argv_text}".strip()
     if args.cost_only:
         path = os.path.join(out, "teachers.json")
@@ -925,6 +944,8 @@ def main(argv=None) -> dict:
             seen = {(f["setting"], str(f["n"]), f["seed"], f["method"]) for f in doc["fits"]}
             doc["fits"] += [f for f in extra["fits"]
                             if (f["setting"], str(f["n"]), f["seed"], f["method"]) not in seen]
+            for key, info in extra.get("settings", {}).items():
+                doc["settings"].setdefault(key, info)
             doc["meta"].setdefault("merged", []).append(
                 {k: extra["meta"][k] for k in ("command", "date", "wall_seconds")})
         if args.merge:
@@ -951,6 +972,15 @@ def main(argv=None) -> dict:
             infos[key] = {**SETTING_INFO[key], "n_samples": int(len(yd)), "positive_rate": float(np.mean(yd)),
                           "data": f"reused from {os.path.basename(data_path)}"}
         log(f"reused {sorted(data)} from {data_path}")
+        if not args.no_generator and "gen_large_small" not in data:
+            # Embed only what the file lacks, and keep it there for the next run.
+            generated = generator_settings(settings["gen_n"], args.work, cache_dir)
+            for key, (Zg, yg, info_g, sec) in zip(("gen_large_small", "gen_weak_student"), generated):
+                data[key] = (Zg, yg)
+                infos[key] = {**info_g, "n_samples": int(len(yg)), "positive_rate": float(np.mean(yg))}
+                log(f"{key}: {Zg.shape} in {sec:.0f}s")
+            with open(data_path, "wb") as fh:
+                pickle.dump(data, fh)
     else:
         Z, y, info, seconds = openi_setting(settings["openi_rows"], cache_dir)
         data["openi"], infos["openi"] = (Z, y), {**info, "n_samples": int(len(y)), "positive_rate": float(y.mean())}
@@ -962,7 +992,7 @@ def main(argv=None) -> dict:
             log(f"{key}: {Zg.shape} in {sec:.0f}s")
         with open(data_path, "wb") as fh:
             pickle.dump(data, fh)
-    ns = None if args.ns is None else args.ns.split(",")
+    ns = None if args.ns is None else [n for n in args.ns.split(",") if n]
     tasks = [t for t in tasks_for(settings, ns, not args.no_tried) if t[0] in data]
     if args.only:
         wanted = [tuple(item.split(":")) for item in args.only.split(",")]

@@ -216,8 +216,14 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         stopping on held-out unlabelled rows too, see ``unlabeled_value``)
         is ahead of the student without teacher and of the previous
         ``("align", teacher on all columns)``; adding ``"align"`` or
-        ``"contrastive"`` to it did not help. docs/benchmarks/teachers.md
-        gives the figures and what each part contributes.
+        ``"contrastive"`` to it did not help. It fits data whose teacher
+        blocks say more than the student's inputs: on the generator's
+        settings, where the teacher block is one more image model next to
+        the student's text and labs, or the labelled rows are few for a wide
+        teacher, it lost to the student without teacher, and a classifier
+        given here (which reads the student columns too) is the better
+        choice. docs/benchmarks/teachers.md gives the figures and what each
+        part contributes.
 
         A row whose teacher blocks are all NaN gets no teacher term (for
         alignment: each teacher block counts only on the rows where it, and
