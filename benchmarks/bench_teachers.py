@@ -769,8 +769,8 @@ def report(doc: dict, out: str) -> str:
     ]
     for extra in meta.get("merged", []):
         lines.append(f"Fits added from `{extra['command']}` ({extra['date']}; {extra['wall_seconds'] / 60:.1f} min).")
-    if meta.get("merge_command"):
-        lines.append(f"Merged into this page with `{meta['merge_command']}`.")
+    for merge in meta.get("merge_commands", []):
+        lines.append(f"Merged into this page with `{merge}`.")
     lines += [
         "",
         "Design: per seed, a stratified 75/25 train/test split; `n` training rows (stratified) keep",
@@ -949,7 +949,7 @@ def main(argv=None) -> dict:
             doc["meta"].setdefault("merged", []).append(
                 {k: extra["meta"][k] for k in ("command", "date", "wall_seconds")})
         if args.merge:
-            doc["meta"]["merge_command"] = command
+            doc["meta"].setdefault("merge_commands", []).append(command)
         doc["summary"] = summarise(doc["fits"])
         doc["targets"] = targets(doc["summary"])
         with open(os.path.join(out, "teachers.json"), "w") as fh:
