@@ -283,12 +283,14 @@ def test_modality_absent_everywhere_warns(fitted):
     assert (clf.explain(X2)["modality_weight__report"] == 0).all()
 
 
-def test_each_epoch_is_logged(fitted, caplog):
+@pytest.mark.parametrize("n_members", [1, 2])
+def test_each_epoch_is_logged(fitted, caplog, n_members):
     _, X, y = fitted
+    params = {**FAST, "max_epochs": 3, "early_stopping": False, "n_members": n_members}
     with caplog.at_level(logging.INFO, logger="medmix_sklearn.fusion._net"):
-        MedMIXClassifier(**{**FAST, "max_epochs": 3, "early_stopping": False}).fit(X, y)
+        MedMIXClassifier(**params).fit(X, y)
     epochs = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
-    assert len(epochs) == 3
+    assert len(epochs) == 3 * n_members  # every member's epochs
     assert "train_loss" in epochs[0].getMessage()
 
 
@@ -390,7 +392,9 @@ def test_pattern_prior_learns_label_dependent_missingness():
     X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
     X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
     blocks = {"a": [0, 1], "b": [2, 3]}
-    clf = MedMIXClassifier(blocks=blocks, pattern_prior=True, random_state=0, max_epochs=40).fit(X, y)
+    clf = MedMIXClassifier(
+        blocks=blocks, pattern_prior=True, random_state=0, max_epochs=40, n_members=1
+    ).fit(X, y)
     proba = clf.predict_proba(X)[:, 1]
     absent = np.isnan(X[:, 2])
     # P(y=1 | b absent) = 0.8 / 0.9 ~ 0.89; P(y=1 | b present) = 0.2 / 1.1 ~ 0.18.

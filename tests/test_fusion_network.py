@@ -196,3 +196,22 @@ def test_pattern_prior_reads_the_pattern_before_modality_dropout():
 def test_pattern_prior_refuses_too_many_modalities():
     with pytest.raises(ValueError, match="pattern_prior"):
         MedMIXNetwork([1] * 13, list(range(13)), [False] * 13, n_classes=2, pattern_prior=True)
+
+
+def test_linear_path_adds_a_linear_map_of_the_present_blocks_only():
+    net = make_net(linear_path=True)
+    x, mask = make_batch()
+    with_path = run(net, x * 1e3, mask)  # garbage in absent blocks must not reach the path
+    with torch.no_grad():
+        expected_linear = net.linear(zero_absent(x * 1e3, mask))
+        net.linear.weight.zero_()
+    without = run(net, x * 1e3, mask)
+    torch.testing.assert_close(with_path.logits - without.logits, expected_linear)
+    assert torch.equal(with_path.aux_logits, without.aux_logits)  # the unimodal heads skip it
+
+
+def test_linear_path_starts_at_zero():
+    from medmix_sklearn.fusion._network import init_parameters
+
+    net = init_parameters(make_net(linear_path=True), torch.Generator().manual_seed(0))
+    assert not net.linear.weight.any()

@@ -65,7 +65,7 @@ from .._missing import block_presence
 from ..exceptions import DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
-from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionOutput, MedMIXNetwork
+from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionEnsemble, FusionOutput, MedMIXNetwork
 
 _DEFAULT_MODALITY = "features"
 # An input at least this wide without layout names could have been a block
@@ -76,6 +76,10 @@ _LAYOUT_WARN_WIDTH = 32
 _BOTTLENECK_EVENTS_PER_COMPONENT = 5
 #: ... but only blocks with more than this many columns per such row are reduced.
 _BOTTLENECK_DIMS_PER_EVENT = 10
+#: n_members="auto": an ensemble of this many networks when the rarest class has
+#: fewer than _ENSEMBLE_BELOW_RAREST labelled training rows, else one network.
+_ENSEMBLE_MEMBERS = 5
+_ENSEMBLE_BELOW_RAREST = 200
 _ALIGN = "align"
 _CONTRASTIVE = "contrastive"
 _AUTO = "auto"
@@ -130,6 +134,30 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         (docs/benchmarks/mmist_ccrcc.md). An int caps every expert block at
         that many components; None keeps every block whole. Tabular blocks
         are never reduced.
+    n_members : "auto" or int, default="auto"
+        Number of networks trained and averaged (their predicted
+        probabilities). Each member starts from its own initialisation, sees
+        its own shuffling and dropout, and holds out its own early-stopping
+        split, so averaging them also averages over the validation splits
+        (cross-validated early stopping). ``"auto"`` trains 5 members when the
+        rarest class has fewer than 200 labelled training rows, and one
+        otherwise: with few events a single network's early stopping rests on
+        a handful of validation rows and its score varies from seed to seed
+        by more than the differences between fusion choices. On MMIST-ccRCC
+        (about 60 deaths per training fold) five members raise the AUROC of
+        every modality subset (docs/benchmarks/mmist_ccrcc.md). Fitting
+        costs ``n_members`` times as much; predicting runs every member.
+        ``partial_fit`` started from scratch trains one network.
+    linear_path : "auto" or bool, default="auto"
+        Add a linear function of the inputs (the standardised, possibly
+        reduced, blocks of the modalities kept, with the missing indicators)
+        to the fused head's logits: the network then contains a logistic
+        regression on its inputs, which on small data is hard to beat, and
+        the fused layers only have to learn what that misses. The linear
+        weights start at zero. ``"auto"``: on exactly when ``n_members``
+        resolves to an ensemble (the rarest class has fewer than 200
+        labelled training rows); on MMIST-ccRCC it adds 0.01 AUROC to the
+        five-modality ensemble (docs/benchmarks/mmist_ccrcc.md).
     aux_weight : float, default=0.3
         Weight of the auxiliary unimodal heads' loss, which trains each
         modality token to be predictive alone. 0 disables it.
@@ -319,8 +347,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Modality names, in the order of the modality weights.
     device_ : str
         The device trained on.
+    n_members_ : int
+        Networks trained and averaged (see ``n_members``).
+    linear_path_ : bool
+        Whether the network has the linear path (see ``linear_path``).
     n_iter_ : int
-        Epochs trained.
+        Epochs trained (by the first member, when several).
     net_ : skorch.NeuralNet
         The private training wrapper; its ``module_`` is the network.
 
@@ -354,6 +386,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "modality_fusion": [StrOptions(set(MODALITY_FUSIONS))],
         "modality_dropout": [Interval(Real, 0, 1, closed="left")],
         "expert_bottleneck": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
+        "n_members": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "linear_path": [StrOptions({"auto"}), "boolean"],
         "aux_weight": [Interval(Real, 0, None, closed="left")],
         "pattern_prior": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
@@ -392,6 +426,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         modality_fusion="attention",
         modality_dropout=0.2,
         expert_bottleneck="auto",
+        n_members="auto",
+        linear_path="auto",
         aux_weight=0.3,
         pattern_prior=False,
         dropout=0.1,
@@ -420,6 +456,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.modality_fusion = modality_fusion
         self.modality_dropout = modality_dropout
         self.expert_bottleneck = expert_bottleneck
+        self.n_members = n_members
+        self.linear_path = linear_path
         self.aux_weight = aux_weight
         self.pattern_prior = pattern_prior
         self.dropout = dropout
@@ -533,29 +571,63 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     "drop the unlabelled rows."
                 )
 
+        self.n_members_ = self._n_members(y_enc[labeled])
+        self.linear_path_ = self._linear_path(self.n_members_)
+        # Member 0 uses seed_ itself, so one member trains exactly as before ensembles existed.
+        seeds = [self.seed_, *np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)]
+        members = [
+            self._fit_member(dataset, y_enc, labeled, int(seed), aligner, alignment) for seed in seeds
+        ]
+        if self.n_members_ == 1:
+            self.net_ = members[0]
+        else:
+            self.net_ = self._build_net(None, n_members=self.n_members_).initialize()
+            for module, net in zip(self.net_.module_.members, members):
+                module.load_state_dict(net.module_.state_dict())
+            # The ensemble's training record is its first member's.
+            self.net_.history = members[0].history
+        self.n_iter_ = len(self.net_.history)
+        return self
+
+    def _fit_member(self, dataset, y_enc, labeled, seed, aligner, alignment) -> FusionNet:
+        """Train one network (its own initialisation, shuffling and early-stopping split)."""
         valid = None
         train_idx = np.arange(len(y_enc))
         if self.early_stopping:
-            soft = dataset.teacher.get("soft_mask")
+            soft = dataset.teacher.get("soft_mask") if dataset.teacher is not None else None
             scored = None if soft is None else soft.numpy() & ~labeled
-            train_idx, valid_idx = self._validation_split(y_enc, labeled, scored)
+            train_idx, valid_idx = self._validation_split(y_enc, labeled, seed, scored)
             if valid_idx is not None:
                 valid = dataset.subset(valid_idx)
-        self.net_ = self._build_net(valid, aligner=aligner, alignment=alignment)
-        self.net_.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
-        dict(self.net_.callbacks_)["epoch_log"].close()
+        net = self._build_net(valid, aligner=aligner, alignment=alignment, random_state=seed)
+        net.fit(dataset.subset(train_idx) if valid is not None else dataset, None)
+        dict(net.callbacks_)["epoch_log"].close()
         # Training-only: the heads and their optimizer go, so prediction and
         # the pickle are those of a model trained without a teacher. The
         # held-out rows and early stopping go too: the fitted net holds no
         # training rows, and a later partial_fit trains the same way on a
         # live model and on an unpickled one.
-        self.net_.drop_teacher()
+        net.drop_teacher()
         if valid is not None:
-            self.net_.train_split = None
-            self.net_.callbacks = [cb for cb in self.net_.callbacks if cb[0] != "early_stopping"]
-            self.net_.initialize_callbacks()
-        self.n_iter_ = len(self.net_.history)
-        return self
+            net.train_split = None
+            net.callbacks = [cb for cb in net.callbacks if cb[0] != "early_stopping"]
+            net.initialize_callbacks()
+        return net
+
+    def _linear_path(self, n_members: int) -> bool:
+        linear_path = getattr(self, "linear_path", False)
+        return n_members > 1 if linear_path == "auto" else bool(linear_path)
+
+    def _n_members(self, y_labeled: np.ndarray) -> int:
+        """Members of the ensemble for these (encoded, labelled) training labels."""
+        # Subclasses without the parameter (the published fusion baselines of
+        # benchmarks/) train one network, as before it existed.
+        n_members = getattr(self, "n_members", 1)
+        if n_members != "auto":
+            return int(n_members)
+        counts = np.bincount(y_labeled)
+        rarest = int(counts[counts > 0].min())
+        return _ENSEMBLE_MEMBERS if rarest < _ENSEMBLE_BELOW_RAREST else 1
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Train one epoch on ``(X, y)``, continuing from the previous call.
@@ -628,6 +700,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self._fit_pattern_prior(X, y_enc)
             self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
             self.class_weight_ = self._class_weights(y_enc)
+            self.n_members_ = 1
+            self.linear_path_ = self._linear_path(1)
             self.net_ = self._build_net(None)
             self.net_.initialize()
             self.n_iter_ = 0
@@ -1135,7 +1209,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             )
         return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
 
-    def _validation_split(self, y_enc: np.ndarray, labeled: np.ndarray, scored: np.ndarray | None = None):
+    def _validation_split(
+        self, y_enc: np.ndarray, labeled: np.ndarray, seed: int, scored: np.ndarray | None = None
+    ):
         """Held-out rows for early stopping: stratified labelled rows, and some unlabelled ones.
 
         ``scored`` (bool per row, or None) marks the unlabelled rows that have
@@ -1147,7 +1223,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         idx = np.flatnonzero(labeled)
         try:
             train_idx, valid_idx = train_test_split(
-                idx, test_size=self.validation_fraction, stratify=y_enc[idx], random_state=self.seed_
+                idx, test_size=self.validation_fraction, stratify=y_enc[idx], random_state=seed
             )
         except ValueError as exc:
             warnings.warn(
@@ -1161,7 +1237,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         unlabeled = np.flatnonzero(~labeled)
         if scored is not None and scored.sum() >= 2:
             rows = np.flatnonzero(scored)
-            _, held = train_test_split(rows, test_size=self.validation_fraction, random_state=self.seed_)
+            _, held = train_test_split(rows, test_size=self.validation_fraction, random_state=seed)
             valid_idx = np.concatenate([valid_idx, held])
             unlabeled = np.setdiff1d(unlabeled, held)
         return np.sort(np.concatenate([train_idx, unlabeled])), np.sort(valid_idx)
@@ -1181,7 +1257,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=2,
             )
             device = "cpu"
-        net = self._build_net(None, device=device)
+        net = self._build_net(None, device=device, n_members=getattr(self, "n_members_", 1))
         return net.initialize()
 
     def _network_spec(self) -> tuple[type, dict, dict]:
@@ -1203,6 +1279,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             "dropout": self.dropout,
             "modality_dropout": self.modality_dropout,
             "pattern_prior": self.pattern_prior,
+            "linear_path": getattr(self, "linear_path_", False),
             **self.network_params_,
         }
         criterion_params = {
@@ -1219,6 +1296,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         aligner: dict | None = None,
         device: str | None = None,
         alignment: tuple = (),
+        random_state: int | None = None,
+        n_members: int = 1,
     ) -> FusionNet:
         callbacks = [("epoch_log", EpochLog(verbose=self.verbose, total=self.max_epochs))]
         if valid is not None:
@@ -1229,6 +1308,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 )
             )
         module, module_params, criterion_params = self._network_spec()
+        if n_members > 1:
+            module_params = {"member": module, "n_members": n_members, **module_params}
+            module = FusionEnsemble
         return FusionNet(
             module=module,
             **{f"module__{k}": v for k, v in module_params.items()},
@@ -1249,7 +1331,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             iterator_valid=BatchIterator,
             callbacks=callbacks,
             device=self.device_ if device is None else device,
-            random_state=self.seed_,
+            random_state=self.seed_ if random_state is None else random_state,
             verbose=0,
         )
 

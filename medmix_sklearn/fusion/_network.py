@@ -123,6 +123,16 @@ def masked_uniform(mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return m / m.sum(dim=dim, keepdim=True).clamp_min(1.0)
 
 
+class _ZeroLinear(nn.Linear):
+    """A linear layer that starts at zero (the linear path adds nothing until trained)."""
+
+    def _init_own_parameters(self, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            self.weight.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
+
+
 class ExpertEncoder(nn.Module):
     """One expert block to one ``hidden_dim`` token."""
 
@@ -169,6 +179,9 @@ class MedMIXNetwork(nn.Module):
         Starting values of the pattern biases (the classifier passes the
         smoothed log-ratio of each pattern's class frequencies to the overall
         ones, so the prior acts from the first epoch); None: zeros.
+    linear_path : bool
+        Add a linear map of ``x`` (the blocks of the modalities kept after
+        modality dropout; absent ones zero) to the logits, starting at zero.
     """
 
     max_pattern_modalities = 12
@@ -186,6 +199,7 @@ class MedMIXNetwork(nn.Module):
         modality_dropout: float = 0.0,
         pattern_prior: bool = False,
         pattern_init: Sequence[Sequence[float]] | None = None,
+        linear_path: bool = False,
     ) -> None:
         super().__init__()
         if expert_fusion not in EXPERT_FUSIONS:
@@ -249,6 +263,13 @@ class MedMIXNetwork(nn.Module):
                 init = torch.as_tensor(pattern_init, dtype=torch.float32).reshape(init.shape).clone()
             self.pattern_logits = nn.Parameter(init)
             self.register_buffer("pattern_bits", 2 ** torch.arange(n_modalities), persistent=False)
+        self.linear_path = bool(linear_path)
+        if self.linear_path:
+            self.linear = _ZeroLinear(sum(self.block_dims), n_classes, bias=False)
+            self.register_buffer(
+                "column_block", torch.repeat_interleave(torch.arange(self.n_blocks), torch.as_tensor(self.block_dims)),
+                persistent=False,
+            )
         # Auxiliary unimodal heads, all modalities at once: (M, h, C).
         self.aux_head_weight = nn.Parameter(torch.empty(n_modalities, hidden_dim, n_classes))
         self.aux_head_bias = nn.Parameter(torch.zeros(n_modalities, n_classes))
@@ -382,6 +403,10 @@ class MedMIXNetwork(nn.Module):
         fused, modality_weights = self._fuse_modalities(mod_tokens, fuse_mask)
         norm, drop, linear = self.head
         logits = linear(dropout(norm(fused), drop.p, self.training, generator))
+        if self.linear_path:
+            # Blocks of the modalities kept (after modality dropout), column by column.
+            block_kept = mask & (fuse_mask.to(x.dtype) @ self.membership.T.to(x.dtype) > 0)
+            logits = logits + self.linear(x * block_kept[:, self.column_block].to(x.dtype))
         if self.pattern_prior:
             # The observed pattern (before modality dropout): the prior given
             # what is present is information, whatever dropout hides.
@@ -392,6 +417,59 @@ class MedMIXNetwork(nn.Module):
         if return_tokens:
             return out + (mod_tokens, fused)
         return out
+
+
+class FusionEnsemble(nn.Module):
+    """Several fusion networks of one class whose predicted probabilities are averaged.
+
+    :class:`MedMIXClassifier` trains the members one by one (each with its own
+    initialisation, shuffling and early-stopping split) and then holds them in
+    this module, so that prediction, ``explain``, model files and
+    ``partial_fit`` see one network. ``forward`` returns the
+    :class:`FusionOutput` fields of the ensemble: ``logits`` are the log of
+    the members' mean probabilities (so a softmax gives the averaged
+    probabilities), ``aux_logits`` likewise per modality, the expert and
+    modality weights are the members' means.
+
+    Parameters
+    ----------
+    member : type
+        The network class (:class:`MedMIXNetwork` or a published baseline's).
+    n_members : int
+        Number of members.
+    **member_params
+        Keyword arguments of each member.
+    """
+
+    def __init__(self, member: type, n_members: int, **member_params) -> None:
+        super().__init__()
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be at least 1; got {n_members!r}.")
+        self.members = nn.ModuleList(member(**member_params) for _ in range(int(n_members)))
+
+    @staticmethod
+    def _mean_log_proba(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        log_proba = torch.stack([torch.log_softmax(z, dim=-1) for z in logits])
+        return torch.logsumexp(log_proba, dim=0) - math.log(len(logits))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ...]:
+        outputs = [member(x, mask, **kwargs) for member in self.members]
+        fields = list(zip(*outputs))
+        averaged = [
+            self._mean_log_proba(fields[0]),
+            self._mean_log_proba(fields[1]),
+            *(torch.stack(field).mean(dim=0) for field in fields[2:4]),
+            fields[4][0],
+        ]
+        # Training-time extras (tokens for the teacher terms): their mean.
+        averaged += [torch.stack(field).mean(dim=0) for field in fields[5:]]
+        return tuple(averaged)
+
+    def penalty(self) -> torch.Tensor | None:
+        """Mean of the members' own regularisers (None when they have none)."""
+        terms = [member.penalty() for member in self.members if hasattr(member, "penalty")]
+        terms = [t for t in terms if t is not None]
+        return torch.stack(terms).mean() if terms else None
 
 
 class AlignmentHeads(nn.Module):
