@@ -28,6 +28,7 @@ from fusion_baselines import (
 )
 
 from medmix_sklearn import MedMIXClassifier
+from medmix_sklearn.fusion._classifier import _HIDDEN_DIM
 
 FAST = dict(hidden_dim=16, max_epochs=6, lr=2e-2, random_state=0)
 
@@ -201,9 +202,11 @@ def test_published_baselines_share_medmix_training_defaults():
     medmix = MedMIXClassifier().get_params()
     for cls in PUBLISHED_BASELINES.values():
         params = cls().get_params()
-        for key in ("hidden_dim", "lr", "weight_decay", "batch_size", "max_epochs", "early_stopping",
+        for key in ("lr", "weight_decay", "batch_size", "max_epochs", "early_stopping",
                     "validation_fraction", "patience", "dropout"):
             assert params[key] == medmix[key], (cls.__name__, key)
+        # MedMIX's "auto" width is 64 except on small data (where it also ensembles).
+        assert medmix["hidden_dim"] == "auto" and params["hidden_dim"] == _HIDDEN_DIM
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_BASELINES))

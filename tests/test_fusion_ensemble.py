@@ -10,7 +10,7 @@ import torch
 from medmix_sklearn import MedMIXClassifier, load_model, save_model
 from medmix_sklearn.fusion._network import FusionEnsemble, MedMIXNetwork
 
-FAST = dict(hidden_dim=8, max_epochs=4, lr=2e-2, random_state=0)
+FAST = dict(max_epochs=4, lr=2e-2, random_state=0)
 
 
 def _data(n=160, n_rare=30, seed=0):
@@ -39,8 +39,8 @@ def test_auto_trains_an_ensemble_only_when_the_rarest_class_is_small(n_rare, exp
 
 def test_first_member_is_the_single_network_and_members_differ():
     X, y = _data()
-    single = MedMIXClassifier(**FAST, n_members=1, linear_path=True).fit(X, y)
-    ensemble = MedMIXClassifier(**FAST, n_members=3, linear_path=True).fit(X, y)
+    single = MedMIXClassifier(**FAST, n_members=1, linear_path=True, hidden_dim=8).fit(X, y)
+    ensemble = MedMIXClassifier(**FAST, n_members=3, linear_path=True, hidden_dim=8).fit(X, y)
     members = ensemble.net_.module_.members
     # Member 0 trains exactly as one network of the same random_state.
     for key, value in single.net_.module_.state_dict().items():
@@ -118,3 +118,12 @@ def test_linear_path_auto_follows_the_ensemble(n_members, linear_path, expected)
     assert clf.linear_path_ is expected
     members = getattr(clf.net_.module_, "members", [clf.net_.module_])
     assert all(member.linear_path is expected for member in members)
+
+
+@pytest.mark.parametrize("n_rare, hidden_dim, expected", [(30, "auto", 32), (200, "auto", 64), (30, 12, 12)])
+def test_hidden_dim_auto_narrows_the_tokens_on_small_data(n_rare, hidden_dim, expected):
+    X, y = _data(n=450, n_rare=n_rare)
+    clf = MedMIXClassifier(**{**FAST, "max_epochs": 1, "hidden_dim": hidden_dim}).fit(X, y)
+    assert clf.hidden_dim_ == expected
+    members = getattr(clf.net_.module_, "members", [clf.net_.module_])
+    assert all(member.hidden_dim == expected for member in members)

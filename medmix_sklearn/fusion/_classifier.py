@@ -80,6 +80,9 @@ _BOTTLENECK_DIMS_PER_EVENT = 10
 #: fewer than _ENSEMBLE_BELOW_RAREST labelled training rows, else one network.
 _ENSEMBLE_MEMBERS = 5
 _ENSEMBLE_BELOW_RAREST = 200
+#: hidden_dim="auto": the token width, and the narrower one of small data (an ensemble).
+_HIDDEN_DIM = 64
+_SMALL_DATA_HIDDEN_DIM = 32
 _ALIGN = "align"
 _CONTRASTIVE = "contrastive"
 _AUTO = "auto"
@@ -100,8 +103,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    hidden_dim : int, default=64
-        Width of the expert, modality and fused tokens.
+    hidden_dim : "auto" or int, default="auto"
+        Width of the expert, modality and fused tokens. ``"auto"``: 64, or
+        32 on small data (when ``n_members`` resolves to an ensemble).
     expert_fusion : {"gate", "mean"}, default="gate"
         Pooling of a modality's experts: a learned per-sample softmax gate over
         the experts present, or their plain mean.
@@ -147,7 +151,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         (about 60 deaths per training fold) five members raise the AUROC of
         every modality subset (docs/benchmarks/mmist_ccrcc.md). Fitting
         costs ``n_members`` times as much; predicting runs every member.
-        ``partial_fit`` started from scratch trains one network.
+        ``partial_fit`` started from scratch trains one network. The same
+        small-data regime narrows the tokens (``hidden_dim="auto"``) and adds
+        the linear path (``linear_path="auto"``).
     linear_path : "auto" or bool, default="auto"
         Add a linear function of the inputs (the standardised, possibly
         reduced, blocks of the modalities kept, with the missing indicators)
@@ -351,6 +357,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Networks trained and averaged (see ``n_members``).
     linear_path_ : bool
         Whether the network has the linear path (see ``linear_path``).
+    hidden_dim_ : int
+        Token width trained with (see ``hidden_dim``).
     n_iter_ : int
         Epochs trained (by the first member, when several).
     net_ : skorch.NeuralNet
@@ -381,7 +389,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
+        "hidden_dim": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "expert_fusion": [StrOptions(set(EXPERT_FUSIONS))],
         "modality_fusion": [StrOptions(set(MODALITY_FUSIONS))],
         "modality_dropout": [Interval(Real, 0, 1, closed="left")],
@@ -421,7 +429,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        hidden_dim=64,
+        hidden_dim="auto",
         expert_fusion="gate",
         modality_fusion="attention",
         modality_dropout=0.2,
@@ -556,6 +564,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self._fit_pattern_prior(X[labeled], y_enc[labeled])
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.class_weight_ = self._class_weights(y_enc[labeled])
+        self._resolve_size(self._n_members(y_enc[labeled]))
         dataset = self._dataset(X, y_enc, sample_weight, labeled=labeled)
         aligner = None
         if alignment or teacher_estimator is not None:
@@ -571,8 +580,6 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                     "drop the unlabelled rows."
                 )
 
-        self.n_members_ = self._n_members(y_enc[labeled])
-        self.linear_path_ = self._linear_path(self.n_members_)
         # Member 0 uses seed_ itself, so one member trains exactly as before ensembles existed.
         seeds = [self.seed_, *np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)]
         members = [
@@ -614,9 +621,16 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             net.initialize_callbacks()
         return net
 
-    def _linear_path(self, n_members: int) -> bool:
+    def _resolve_size(self, n_members: int) -> None:
+        """Set ``n_members_``, and the ``"auto"`` values that follow it (small data or not)."""
+        self.n_members_ = n_members
+        small = n_members > 1
         linear_path = getattr(self, "linear_path", False)
-        return n_members > 1 if linear_path == "auto" else bool(linear_path)
+        self.linear_path_ = small if linear_path == "auto" else bool(linear_path)
+        hidden_dim = self.hidden_dim
+        if hidden_dim == "auto":
+            hidden_dim = _SMALL_DATA_HIDDEN_DIM if small else _HIDDEN_DIM
+        self.hidden_dim_ = int(hidden_dim)
 
     def _n_members(self, y_labeled: np.ndarray) -> int:
         """Members of the ensemble for these (encoded, labelled) training labels."""
@@ -700,8 +714,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self._fit_pattern_prior(X, y_enc)
             self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
             self.class_weight_ = self._class_weights(y_enc)
-            self.n_members_ = 1
-            self.linear_path_ = self._linear_path(1)
+            self._resolve_size(1)
             self.net_ = self._build_net(None)
             self.net_.initialize()
             self.n_iter_ = 0
@@ -1100,7 +1113,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             dataset.teacher["teacher_x"] = torch.as_tensor(np.hstack(targets), dtype=torch.float32)
             dataset.teacher["teacher_mask"] = torch.as_tensor(present)
             aligner = {
-                "hidden_dim": self.hidden_dim,
+                "hidden_dim": self.hidden_dim_,
                 "target_dims": [b.dim for b in teachers],
                 "sources": [
                     self.modality_names_.index(b.modality) if b.modality in self.modality_names_ else -1
@@ -1273,7 +1286,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """
         module_params = {
             "n_classes": len(self.classes_),
-            "hidden_dim": self.hidden_dim,
+            "hidden_dim": self.hidden_dim_,
             "expert_fusion": self.expert_fusion,
             "modality_fusion": self.modality_fusion,
             "dropout": self.dropout,
