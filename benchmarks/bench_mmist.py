@@ -312,7 +312,7 @@ def report(doc: dict, out: str, notes: str) -> str:
             "",
             "## Fusion candidates, repeated CV (AUROC)",
             "",
-            "MedMIX defaults with one change each, same folds. 'worst change' is the largest drop from",
+            "MedMIX with other settings, same folds. 'worst change' is the largest drop from",
             "adding one modality (or all) to the clinical block, paired over folds.",
             "",
             "| variant | clinical | clinical+genomics | clinical+ct | clinical+mri | clinical+wsi | all "

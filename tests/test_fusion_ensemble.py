@@ -50,6 +50,12 @@ def test_first_member_is_the_single_network_and_members_differ():
     assert not torch.allclose(first, members[1].encoders[0].proj.weight)
     assert not torch.allclose(members[1].encoders[0].proj.weight, members[2].encoders[0].proj.weight)
     assert ensemble.n_iter_ == single.n_iter_  # the first member's record
+    # The ensemble's optimizer carries every member's state (for a later partial_fit).
+    n_params = sum(1 for _ in ensemble.net_.module_.parameters())
+    state = ensemble.net_.optimizer_.state_dict()["state"]
+    assert len(state) == n_params
+    first_key = next(iter(single.net_.optimizer_.state_dict()["state"]))
+    torch.testing.assert_close(state[first_key]["exp_avg"], single.net_.optimizer_.state_dict()["state"][first_key]["exp_avg"])
 
 
 def test_probabilities_are_the_members_mean():

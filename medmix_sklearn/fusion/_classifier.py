@@ -591,6 +591,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self.net_ = self._build_net(None, n_members=self.n_members_).initialize()
             for module, net in zip(self.net_.module_.members, members):
                 module.load_state_dict(net.module_.state_dict())
+            _merge_optimizer_states(self.net_, members)
             # The ensemble's training record is its first member's.
             self.net_.history = members[0].history
         self.n_iter_ = len(self.net_.history)
@@ -1390,6 +1391,23 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         where = np.full(self.n_features_in_, -1, dtype=np.intp)
         where[used] = np.arange(len(used))
         return values, where
+
+
+def _merge_optimizer_states(ensemble: FusionNet, members: list) -> None:
+    """Give the ensemble's optimizer each member's state (moments, step counts).
+
+    The ensemble's parameters are the members' in order, so member ``i``'s
+    parameter ``k`` is the ensemble's ``offset_i + k``: a later ``partial_fit``
+    continues each member from where its own training stopped.
+    """
+    merged, offset = {}, 0
+    for net in members:
+        for index, state in net.optimizer_.state_dict()["state"].items():
+            merged[offset + int(index)] = state
+        offset += sum(1 for _ in net.module_.parameters())
+    state = ensemble.optimizer_.state_dict()
+    state["state"] = merged
+    ensemble.optimizer_.load_state_dict(state)
 
 
 def _nan_standardisation(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
