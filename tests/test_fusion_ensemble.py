@@ -54,8 +54,9 @@ def test_first_member_is_the_single_network_and_members_differ():
     n_params = sum(1 for _ in ensemble.net_.module_.parameters())
     state = ensemble.net_.optimizer_.state_dict()["state"]
     assert len(state) == n_params
-    first_key = next(iter(single.net_.optimizer_.state_dict()["state"]))
-    torch.testing.assert_close(state[first_key]["exp_avg"], single.net_.optimizer_.state_dict()["state"][first_key]["exp_avg"])
+    single_state = single.net_.optimizer_.state_dict()["state"]
+    first_key = next(iter(single_state))
+    torch.testing.assert_close(state[first_key]["exp_avg"], single_state[first_key]["exp_avg"])
 
 
 def test_probabilities_are_the_members_mean():

@@ -703,7 +703,7 @@ def test_validation_split_holds_out_teacher_labelled_rows(data):
     clf = MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
     y_enc = np.where(labeled, ys, 0)
     scored = ~labeled & X[teacher_columns(X)].notna().any(axis=1).to_numpy()
-    train_idx, valid_idx = clf._validation_split(y_enc, labeled, scored)
+    train_idx, valid_idx = clf._validation_split(y_enc, labeled, clf.seed_, scored)
     assert not set(train_idx) & set(valid_idx)
     assert set(train_idx) | set(valid_idx) == set(range(len(y)))
     held_lab = labeled[valid_idx].sum()
@@ -712,7 +712,7 @@ def test_validation_split_holds_out_teacher_labelled_rows(data):
     assert len(held_unlab) == int(np.ceil(0.1 * scored.sum())) and scored[held_unlab].all()
     # Unlabelled rows without a soft label are never held out; without soft labels only labelled rows are.
     assert set(np.flatnonzero(~labeled & ~scored)) <= set(train_idx)
-    _, labelled_only = clf._validation_split(y_enc, labeled, None)
+    _, labelled_only = clf._validation_split(y_enc, labeled, clf.seed_, None)
     assert labeled[labelled_only].all() and len(labelled_only) == held_lab
 
 
@@ -722,8 +722,8 @@ def test_semi_supervised_early_stopping_watches_teacher_labelled_rows(data, monk
     seen = {}
     original = MedMIXClassifier._validation_split
 
-    def spy(self, y_enc, labeled, scored=None):
-        out = original(self, y_enc, labeled, scored)
+    def spy(self, y_enc, labeled, seed, scored=None):
+        out = original(self, y_enc, labeled, seed, scored)
         seen["valid"], seen["labeled"] = out[1], labeled
         return out
 

@@ -581,7 +581,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 )
 
         # Member 0 uses seed_ itself, so one member trains exactly as before ensembles existed.
-        seeds = [self.seed_, *np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)]
+        more = np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)
+        seeds = [self.seed_, *more]
         members = [
             self._fit_member(dataset, y_enc, labeled, int(seed), aligner, alignment) for seed in seeds
         ]
