@@ -826,64 +826,68 @@ def report(doc: dict, out: str) -> str:
         ]
     lines += reading(doc)
     c = doc.get("cost")
+    names_note = ("The weights are the same size with and without teacher. The classifier stores its "
+                  "column names as numbered runs, so the teacher columns' names (checked at predict) cost "
+                  "a few bytes in the file; ")
+    classifier_rows = [
+        ("classifier_predict_seconds", "MedMIXClassifier predict_proba (s)", "{:.4f}"),
+        ("classifier_pickle_bytes", "MedMIXClassifier pickle (bytes)", "{:,}"),
+        ("classifier_weights_bytes", "network + optimizer state in it (bytes)", "{:,}"),
+        ("feature_names_bytes", "feature_names_in_ as an array (bytes)", "{:,}"),
+    ]
     if c and c.get("level") == "classifier":
-        r = c["ratios_with_over_without"]
-        lines += [
-            "## cost: prediction time and pickle size (OpenI classifier, with teacher vs without)", "",
-            "MedMIXClassifier on the reused OpenI block matrix (seed-0 split): 'without' is trained on",
-            "the student columns, 'with' on the student and teacher columns with `teacher='auto'`; both",
-            "predict the test rows, whose teacher columns are NaN as `transform` writes them. (The",
-            "Pipeline figures, with the embedder, need the embedding step this run skipped.)",
-            f"Run: `{c.get('command', meta['command'])}`.",
-            f"Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, in one run.", "",
-            "| quantity | without | with | ratio with/without |",
-            "| --- | --- | --- | --- |",
-        ]
-        for key, label, fmt in [
-            ("classifier_predict_seconds", "MedMIXClassifier predict_proba (s)", "{:.4f}"),
-            ("classifier_pickle_bytes", "MedMIXClassifier pickle (bytes)", "{:,}"),
-            ("classifier_weights_bytes", "network + optimizer state in it (bytes)", "{:,}"),
-            ("feature_names_bytes", "feature_names_in_ as an array (bytes)", "{:,}"),
-        ]:
-            ratio = f"{r[key]:.3f}" if key in r else ""
-            lines.append(f"| {label} | {fmt.format(c['without'][key])} | {fmt.format(c['with'][key])} | "
-                         f"{ratio} |")
-        lines += ["", "The weights are the same size with and without teacher. The classifier stores its "
-                  "column names as numbered runs, so the teacher columns' names (checked at predict) cost "
-                  "a few bytes in the file; predict validates the teacher columns' names and slices them "
-                  "away (their values are never converted or read).", ""]
+        lines += _cost_lines(
+            c, meta,
+            ["## cost: prediction time and pickle size (OpenI classifier, with teacher vs without)", "",
+             "MedMIXClassifier on the reused OpenI block matrix (seed-0 split): 'without' is trained on",
+             "the student columns, 'with' on the student and teacher columns with `teacher='auto'`; both",
+             "predict the test rows, whose teacher columns are NaN as `transform` writes them. (The",
+             "Pipeline figures, with the embedder, need the embedding step this run skipped.)"],
+            classifier_rows,
+            names_note + "predict validates the teacher columns' names and slices them "
+            "away (their values are never converted or read).",
+        )
     elif c:
-        r = c["ratios_with_over_without"]
-        lines += [
-            "## cost: prediction time and pickle size (OpenI Pipeline, with teachers vs without)", "",
-            "Pipeline = embedder (indication MiniLM from the cache, age) + MedMIXClassifier; 'with' adds",
-            "`teachers=[findings, impression]` to the embedder and `teacher='auto'` to the classifier.",
-            f"Run: `{c.get('command', meta['command'])}`.",
-            f"Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, in one run.", "",
-            "| quantity | without | with | ratio with/without |",
-            "| --- | --- | --- | --- |",
-        ]
-        for key, label, fmt in [
-            ("pipeline_predict_seconds", "Pipeline predict_proba (s)", "{:.4f}"),
-            ("classifier_predict_seconds", "MedMIXClassifier predict_proba (s)", "{:.4f}"),
-            ("classifier_pickle_bytes", "MedMIXClassifier pickle (bytes)", "{:,}"),
-            ("classifier_weights_bytes", "network + optimizer state in it (bytes)", "{:,}"),
-            ("feature_names_bytes", "feature_names_in_ as an array (bytes)", "{:,}"),
-            ("pipeline_pickle_bytes", "Pipeline pickle (bytes)", "{:,}"),
-        ]:
-            ratio = f"{r[key]:.3f}" if key in r else ""
-            lines.append(f"| {label} | {fmt.format(c['without'][key])} | {fmt.format(c['with'][key])} | "
-                         f"{ratio} |")
-        lines += ["", f"Teacher model loaded after predict: {c['with']['teacher_model_loaded_after_predict']}. "
-                  "The weights are the same size with and without teacher. The classifier stores its "
-                  "column names as numbered runs, so the teacher columns' names (checked at predict) cost "
-                  "a few bytes in the file; the Pipeline pickle also holds the embedder's teacher entries. "
-                  "The classifier's predict validates the teacher columns' names and slices them away "
-                  "(their values are never converted or read).", ""]
+        lines += _cost_lines(
+            c, meta,
+            ["## cost: prediction time and pickle size (OpenI Pipeline, with teachers vs without)", "",
+             "Pipeline = embedder (indication MiniLM from the cache, age) + MedMIXClassifier; 'with' adds",
+             "`teachers=[findings, impression]` to the embedder and `teacher='auto'` to the classifier."],
+            [("pipeline_predict_seconds", "Pipeline predict_proba (s)", "{:.4f}"), *classifier_rows,
+             ("pipeline_pickle_bytes", "Pipeline pickle (bytes)", "{:,}")],
+            f"Teacher model loaded after predict: {c['with']['teacher_model_loaded_after_predict']}. "
+            + names_note + "the Pipeline pickle also holds the embedder's teacher entries. "
+            "The classifier's predict validates the teacher columns' names and slices them away "
+            "(their values are never converted or read).",
+        )
     text = "\n".join(lines)
     with open(os.path.join(out, "teachers.md"), "w") as fh:
         fh.write(text)
     return text
+
+
+def _add_generator_settings(data: dict, infos: dict, settings: dict, args, cache_dir, log) -> None:
+    """Embed the generator's two settings into ``data`` and ``infos``."""
+    generated = generator_settings(settings["gen_n"], args.work, cache_dir)
+    for key, (Zg, yg, info_g, sec) in zip(("gen_large_small", "gen_weak_student"), generated):
+        data[key] = (Zg, yg)
+        infos[key] = {**info_g, "n_samples": int(len(yg)), "positive_rate": float(np.mean(yg))}
+        log(f"{key}: {Zg.shape} in {sec:.0f}s")
+
+
+def _cost_lines(c: dict, meta: dict, header: list, rows: list, closing: str) -> list:
+    """The cost section: its header, the with/without table over ``rows``, a closing remark."""
+    r = c["ratios_with_over_without"]
+    lines = header + [
+        f"Run: `{c.get('command', meta['command'])}`.",
+        f"Best of {c.get('repeats', '')} interleaved repeats, {c['n_test_rows']} test rows, in one run.", "",
+        "| quantity | without | with | ratio with/without |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label, fmt in rows:
+        ratio = f"{r[key]:.3f}" if key in r else ""
+        lines.append(f"| {label} | {fmt.format(c['without'][key])} | {fmt.format(c['with'][key])} | {ratio} |")
+    return lines + ["", closing, ""]
 
 
 def main(argv=None) -> dict:
@@ -974,22 +978,15 @@ def main(argv=None) -> dict:
         log(f"reused {sorted(data)} from {data_path}")
         if not args.no_generator and "gen_large_small" not in data:
             # Embed only what the file lacks, and keep it there for the next run.
-            generated = generator_settings(settings["gen_n"], args.work, cache_dir)
-            for key, (Zg, yg, info_g, sec) in zip(("gen_large_small", "gen_weak_student"), generated):
-                data[key] = (Zg, yg)
-                infos[key] = {**info_g, "n_samples": int(len(yg)), "positive_rate": float(np.mean(yg))}
-                log(f"{key}: {Zg.shape} in {sec:.0f}s")
+            _add_generator_settings(data, infos, settings, args, cache_dir, log)
             with open(data_path, "wb") as fh:
                 pickle.dump(data, fh)
     else:
         Z, y, info, seconds = openi_setting(settings["openi_rows"], cache_dir)
         data["openi"], infos["openi"] = (Z, y), {**info, "n_samples": int(len(y)), "positive_rate": float(y.mean())}
         log(f"openi: embedded {Z.shape} in {seconds:.0f}s")
-        generated = [] if args.no_generator else generator_settings(settings["gen_n"], args.work, cache_dir)
-        for key, (Zg, yg, info_g, sec) in zip(("gen_large_small", "gen_weak_student"), generated):
-            data[key] = (Zg, yg)
-            infos[key] = {**info_g, "n_samples": int(len(yg)), "positive_rate": float(np.mean(yg))}
-            log(f"{key}: {Zg.shape} in {sec:.0f}s")
+        if not args.no_generator:
+            _add_generator_settings(data, infos, settings, args, cache_dir, log)
         with open(data_path, "wb") as fh:
             pickle.dump(data, fh)
     ns = None if args.ns is None else [n for n in args.ns.split(",") if n]
