@@ -199,3 +199,8 @@ def test_report_only_rewrites_the_page_from_the_store(tmp_path):
     assert "MedMIX at or above HistGradientBoosting" in page and "**NOT MET**" in page
     assert doc["verdict"]["gen_label"]["incomplete"]  # the other baselines are not in the store
     assert (tmp_path / "robustness_gen_label.png").exists()
+    # p=0 is one cell (plain cross-validation), not one per mechanism.
+    cells = len(bq.P_GRID) * len(bq.MECHANISMS) - (len(bq.MECHANISMS) - 1)
+    assert len(doc["verdict"]["gen_label"]["vs_hgb"]) == cells
+    assert doc["verdict"]["gen_label"]["ece_cells"] == cells
+    assert not any(key.startswith("mnar|0.0") for key in doc["verdict"]["gen_label"]["vs_hgb"])
