@@ -603,7 +603,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         valid = None
         train_idx = np.arange(len(y_enc))
         if self.early_stopping:
-            soft = dataset.teacher.get("soft_mask") if dataset.teacher is not None else None
+            soft = dataset.teacher.get("soft_mask")
             scored = None if soft is None else soft.numpy() & ~labeled
             train_idx, valid_idx = self._validation_split(y_enc, labeled, seed, scored)
             if valid_idx is not None:
