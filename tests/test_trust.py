@@ -105,9 +105,106 @@ def test_fingerprint_names_device_class_and_precision(tiny_image_model):
     expert = ImageExpert(tiny_image_model, pretrained=False)
     assert expert.fingerprint() == expert.fingerprint("cpu")
     assert expert.precision("cpu") == "cpu:float32"
-    assert expert.precision("cuda:1").startswith("cuda:autocast-")
+    assert expert.precision("cuda:1", "autocast").startswith("cuda:autocast-")
     assert expert.fingerprint("cuda") != expert.fingerprint("cpu")
     assert expert.fingerprint("cuda") == expert.fingerprint("cuda:0")
+
+
+def test_each_precision_is_its_own_cache_key_on_cuda_only(tiny_image_model):
+    expert = ImageExpert(tiny_image_model, pretrained=False)
+    assert expert.precision("cuda") == "cuda:float32"
+    assert expert.precision("cpu", "autocast") == "cpu:float32"
+    assert expert.fingerprint("cpu", "autocast") == expert.fingerprint("cpu")
+    autocast = expert.fingerprint("cuda", "autocast")
+    assert autocast not in (expert.fingerprint("cuda"), expert.fingerprint("cpu"))
+    with pytest.raises(ValueError, match=r"precision must be one of.*'bfloat16'"):
+        expert.fingerprint("cuda", "bfloat16")
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
+def test_embed_runs_at_the_precision_asked(tiny_image_model):
+    from medmix_sklearn.experts._base import current_precision
+
+    seen = []
+
+    class Recording(ImageExpert):
+        def _embed(self, model, items, *, device, batch_size):
+            seen.append((current_precision(), type(self.autocast("cuda")).__name__))
+            return super()._embed(model, items, device=device, batch_size=batch_size)
+
+    expert = Recording(tiny_image_model, pretrained=False)
+    images = [np.full((32, 32, 3), v, dtype=np.uint8) for v in (0, 128, 255)]
+    decoded = [expert.read(image) for image in images]
+    full = expert.embed(decoded)
+    auto = expert.embed(decoded, precision="autocast")
+    # The CPU runs float32 either way; on CUDA, float32 means no autocast.
+    np.testing.assert_array_equal(full, auto)
+    assert seen[0] == ("float32", "nullcontext")
+    assert seen[1] == ("autocast", "autocast") and current_precision() == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        expert.embed(decoded, precision="half")
+
+
+def test_float32_turns_tf32_off_and_restores_it_after_the_last_thread():
+    from medmix_sklearn.experts._base import _without_tf32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        outer = _without_tf32("cuda", "float32")
+        outer.__enter__()
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        inner_done = threading.Event()
+
+        def other_thread():
+            with _without_tf32("cuda:0", "float32"):
+                assert not torch.backends.cudnn.allow_tf32
+            inner_done.set()
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert inner_done.is_set()
+        # The other thread left first: TF32 stays off until the outer one leaves.
+        assert not torch.backends.cudnn.allow_tf32
+        outer.__exit__(None, None, None)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with _without_tf32("cuda", "autocast"), _without_tf32("cpu", "float32"):
+            assert torch.backends.cudnn.allow_tf32  # autocast, or the CPU: untouched
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_embedder_precision_reaches_experts_and_cache_keys(tiny_image_model, tmp_path):
+    from medmix_sklearn.experts._base import current_precision
+
+    seen = []
+
+    class Recording(ImageExpert):
+        def _embed(self, model, items, *, device, batch_size):
+            seen.append(current_precision())
+            return super()._embed(model, items, device=device, batch_size=batch_size)
+
+    X, _ = make_multimodal_classification(
+        6, image_dir=tmp_path / "images", image_size=32, missing_rate=0.0, random_state=0
+    )
+    columns = X[["image_path"]]
+    outputs = {}
+    for precision in ("float32", "autocast"):
+        embedder = MultimodalExpertEmbedder(
+            [("xray", [Recording(tiny_image_model, pretrained=False)], "image_path")],
+            cache_dir=tmp_path / "cache", device="cpu", precision=precision,
+        )
+        outputs[precision] = embedder.fit_transform(columns).to_numpy()
+    # The CPU's float32 entries serve both: the second pass embeds nothing.
+    assert seen == ["float32"]
+    np.testing.assert_array_equal(outputs["float32"], outputs["autocast"])
+    bad = MultimodalExpertEmbedder(
+        [("xray", [ImageExpert(tiny_image_model, pretrained=False)], "image_path")],
+        cache_dir=None, device="cpu", precision="fp16",
+    )
+    with pytest.raises(ValueError, match="'precision' parameter.*'fp16'"):
+        bad.fit(columns)
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +244,26 @@ def test_cuda_recorded_pipeline_saved_and_loaded_predicts_new_images_on_cpu(imag
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeviceWarning)
         loaded = load_model(path)
-    with pytest.warns(DeviceFallbackWarning, match="CUDA is not available"):
+    with pytest.warns(DeviceFallbackWarning, match="CUDA is not available") as record:
         proba = loaded.predict_proba(new)
     np.testing.assert_allclose(proba, expected, atol=1e-6)
+    assert not any("precision='autocast'" in str(w.message) for w in record)
+    # Fitted under autocast, the warning says the predictions can differ and how to avoid it.
+    loaded.named_steps["embed"].precision = "autocast"
+    with pytest.warns(DeviceFallbackWarning, match=r"precision='autocast'.*precision='float32'"):
+        loaded.predict_proba(new)
+
+
+def test_embedder_saved_before_precision_existed_loads_as_autocast(image_pipeline):
+    import pickle
+
+    embedder = image_pipeline[0].named_steps["embed"]
+    state = dict(embedder.__getstate__())  # may be the live __dict__ itself
+    state.pop("precision")
+    old = type(embedder).__new__(type(embedder))
+    old.__setstate__(state)
+    assert old.precision == "autocast" and embedder.precision == "float32"
+    assert pickle.loads(pickle.dumps(embedder)).precision == "float32"
 
 
 # -- the layout is never lost silently -------------------------------------------

@@ -126,6 +126,18 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         Torch device for the experts; ``"auto"`` picks ``"cuda"`` when
         available, else ``"cpu"``. Resolved in :meth:`fit` as ``device_``.
+    precision : {"float32", "autocast"}, default="float32"
+        Numeric precision of the experts on CUDA (the CPU always runs float32).
+        ``"float32"`` runs them in full float32 with TF32 off: embeddings equal
+        to the CPU's to rounding, so a model fitted on a GPU predicts the same
+        where its experts run on the CPU. ``"autocast"`` runs them under
+        autocast (bfloat16 where supported, else float16): faster where the
+        model rather than image decoding bounds the speed, but the embeddings
+        move (up to 6e-3 cosine distance for EfficientNet-Lite0), and a
+        classifier trained on them can predict differently from the CPU's
+        float32 embeddings (``benchmarks/gpu_check.py`` measures both). The
+        precision is part of the cache key: entries of one are never read as
+        the other.
     batch_size : int, default=32
         Items per forward pass. Only one batch (plus the next one being
         decoded) is held in memory at a time.
@@ -213,6 +225,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         "teachers": [list, tuple, None],
         "cache_dir": [str, os.PathLike, None],
         "device": [str],
+        "precision": [StrOptions({"float32", "autocast"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
         "on_error": [StrOptions({"warn", "raise"})],
@@ -229,6 +242,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         teachers=None,
         cache_dir="auto",
         device="auto",
+        precision="float32",
         batch_size=32,
         verbose=0,
         on_error="warn",
@@ -239,6 +253,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         self.teachers = teachers
         self.cache_dir = cache_dir
         self.device = device
+        self.precision = precision
         self.batch_size = batch_size
         self.verbose = verbose
         self.on_error = on_error
@@ -1049,7 +1064,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         """
         dim = int(expert.output_dim)
         keys = list(first)
-        fingerprint = expert.fingerprint(device) if cache is not None else ""
+        fingerprint = expert.fingerprint(device, self.precision) if cache is not None else ""
         if cache is not None and keys and keep:
             # One lookup; its arrays are this call's own.
             vectors, found = cache.get_array(fingerprint, keys, dim)
@@ -1145,6 +1160,10 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         )
         return vectors, found, failed, counts
 
+    def __setstate__(self, state):
+        # Embedders saved before ``precision`` existed ran CUDA under autocast.
+        super().__setstate__({"precision": "autocast", **dict(state)})
+
     def _run_device(self) -> str:
         """The device to embed on now: ``device_``, or the CPU when it is gone.
 
@@ -1157,11 +1176,17 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
             import torch
 
             if not torch.cuda.is_available():
+                autocast = self.precision == "autocast"
                 warnings.warn(
                     f"This MultimodalExpertEmbedder was fitted with device_={device!r}, but "
                     "CUDA is not available here; its experts run on the CPU instead (in "
                     "float32, so items are embedded afresh rather than read from cache "
-                    "entries made on the GPU). Refit with device='cpu' to silence this warning.",
+                    "entries made on the GPU)."
+                    + (" It was fitted with precision='autocast': the classifier after it "
+                       "was trained on autocast embeddings, and on these float32 ones it "
+                       "can predict differently; fit with precision='float32' for a model "
+                       "that predicts the same on either device." if autocast else "")
+                    + " Refit with device='cpu' to silence this warning.",
                     DeviceFallbackWarning,
                     stacklevel=4,
                 )
@@ -1174,7 +1199,9 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         import torch
 
         with torch.inference_mode():
-            embedded = expert.embed(decoded, device=device, batch_size=self.batch_size)
+            embedded = expert.embed(
+                decoded, device=device, batch_size=self.batch_size, precision=self.precision
+            )
         embedded = np.asarray(embedded, dtype=np.float32)
         expected = (len(decoded), dim)
         if embedded.shape != expected:

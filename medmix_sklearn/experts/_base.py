@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from numbers import Integral
 from typing import Any
@@ -17,6 +20,30 @@ from ..exceptions import ItemReadError
 # Bump when the embedding an expert returns for the same content could change
 # (preprocessing, pooling, dtype): old cache entries then stop matching.
 CACHE_FORMAT_VERSION = 1
+
+#: Numeric precisions an expert can run at on CUDA (the CPU always runs float32).
+PRECISIONS = ("float32", "autocast")
+
+# The precision of the embed() call running in this thread, read by autocast():
+# subclasses' _embed keep their signature.
+_RUN_PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "medmix_expert_precision", default="float32"
+)
+
+
+def current_precision() -> str:
+    """The precision of the :meth:`BaseExpert.embed` call running in this thread."""
+    return _RUN_PRECISION.get()
+
+
+def check_precision(precision) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {list(PRECISIONS)}: 'float32' runs CUDA in full float32, "
+            f"'autocast' under autocast (bfloat16, or float16). Got {precision!r}."
+        )
+    return precision
 
 
 class BaseExpert(BaseEstimator, ABC):
@@ -79,13 +106,13 @@ class BaseExpert(BaseEstimator, ABC):
         Must not load the model.
         """
 
-    def fingerprint(self, device: str = "cpu") -> str:
+    def fingerprint(self, device: str = "cpu", precision: str = "float32") -> str:
         """Hex digest identifying this expert's embeddings, for the cache.
 
         Combines the model name, the weights (a hash of the weights files, or
         the seed or source of weights that are not read from a file), the
-        preprocessing configuration, the numeric precision on ``device`` (see
-        :meth:`precision`) and :data:`CACHE_FORMAT_VERSION`. Embeddings
+        preprocessing configuration, the device class and numeric precision
+        (see :meth:`precision`) and :data:`CACHE_FORMAT_VERSION`. Embeddings
         computed at another precision (CUDA autocast vs CPU float32) differ in
         their last digits, so they never share cache entries. It never loads
         the model. It is remembered by the instance until a parameter changes;
@@ -95,8 +122,10 @@ class BaseExpert(BaseEstimator, ABC):
         ----------
         device : str, default="cpu"
             The torch device the embeddings are computed on.
+        precision : {"float32", "autocast"}, default="float32"
+            The precision asked of :meth:`embed`.
         """
-        precision = self.precision(device)
+        precision = self.precision(device, precision)
         cache = self.__dict__.setdefault("_fingerprint_cache", {})
         cached = cache.get(precision)
         if cached is None:
@@ -108,15 +137,17 @@ class BaseExpert(BaseEstimator, ABC):
             cached = cache[precision] = hashlib.sha256(text.encode()).hexdigest()
         return cached
 
-    def precision(self, device: str = "cpu") -> str:
+    def precision(self, device: str = "cpu", precision: str = "float32") -> str:
         """Device class and numeric precision of the embeddings on ``device``.
 
-        ``"cpu:float32"`` on the CPU; ``"cuda:autocast-bfloat16"`` (or
-        ``-float16`` where bfloat16 is unsupported) on CUDA, where the experts
-        run under autocast. Part of :meth:`fingerprint`.
+        ``"cpu:float32"`` on the CPU whatever is asked; on CUDA,
+        ``"cuda:float32"`` for ``precision="float32"`` and
+        ``"cuda:autocast-bfloat16"`` (or ``-float16`` where bfloat16 is
+        unsupported) for ``precision="autocast"``. Part of :meth:`fingerprint`.
         """
+        check_precision(precision)
         kind = str(device).split(":")[0]
-        if kind != "cuda":
+        if kind != "cuda" or precision == "float32":
             return f"{kind}:float32"
         import torch
 
@@ -212,8 +243,26 @@ class BaseExpert(BaseEstimator, ABC):
         """Whether the model is currently loaded in this process."""
         return self.__dict__.get("_model") is not None
 
-    def embed(self, items: list, *, device: str = "cpu", batch_size: int = 32) -> np.ndarray:
+    def embed(
+        self, items: list, *, device: str = "cpu", batch_size: int = 32, precision: str = "float32"
+    ) -> np.ndarray:
         """Embed decoded items (the output of ``read``).
+
+        Parameters
+        ----------
+        items : list
+            Decoded (or preprocessed) items.
+        device : str, default="cpu"
+            The torch device to run the model on.
+        batch_size : int, default=32
+            Items per forward pass.
+        precision : {"float32", "autocast"}, default="float32"
+            On CUDA, ``"float32"`` runs the forward pass in full float32 with
+            TF32 turned off for the call, so the embeddings match the CPU's to
+            rounding; ``"autocast"`` runs it under autocast (bfloat16 where
+            supported, else float16): faster where the model, not decoding,
+            bounds the speed, with embeddings visibly off the CPU's. The CPU
+            always runs float32.
 
         Returns
         -------
@@ -221,11 +270,32 @@ class BaseExpert(BaseEstimator, ABC):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer. Got {batch_size!r} instead.")
+        check_precision(precision)
         if len(items) == 0:
             return np.empty((0, self.output_dim), dtype=np.float32)
         model = self._get_model(device)
-        out = self._embed(model, items, device=device, batch_size=batch_size)
+        token = _RUN_PRECISION.set(precision)
+        try:
+            with _without_tf32(device, precision):
+                out = self._embed(model, items, device=device, batch_size=batch_size)
+        finally:
+            _RUN_PRECISION.reset(token)
         return np.asarray(out, dtype=np.float32)
+
+    def autocast(self, device: str):
+        """The context an expert's forward pass runs in on ``device``.
+
+        Inside :meth:`embed`: on CUDA with ``precision="autocast"``, autocast to
+        bfloat16 (float16 where bfloat16 is unsupported); otherwise no change
+        (float32). ``_embed`` implementations wrap their forward pass in it, so
+        the precision :meth:`fingerprint` names is the one they run at.
+        """
+        import torch
+
+        if torch.device(device).type != "cuda" or _RUN_PRECISION.get() == "float32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
 
     @abstractmethod
     def _embed(self, model, items: list, *, device: str, batch_size: int) -> np.ndarray:
@@ -239,6 +309,42 @@ class BaseExpert(BaseEstimator, ABC):
         for key in ("_model", "_model_device", "_input_transform", "_fingerprint_cache"):
             state.pop(key, None)
         return state
+
+
+# Threads inside _without_tf32, and TF32 switches as they were before the first.
+_TF32_LOCK = threading.Lock()
+_TF32_STATE: dict = {"inside": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _without_tf32(device: str, precision: str):
+    """Turn TF32 off for CUDA convolutions and matrix products while embedding in float32.
+
+    cuDNN convolutions use TF32 by default (10-bit mantissa), which alone
+    moves a CNN's embeddings by about 1e-3 relative. The switches are
+    process-wide: they are turned off by the first thread to enter and
+    restored by the last to leave, and other CUDA float32 work running
+    meanwhile runs without TF32 too (slower, never less exact).
+    """
+    import torch
+
+    if precision != "float32" or torch.device(device).type != "cuda":
+        yield
+        return
+    with _TF32_LOCK:
+        if _TF32_STATE["inside"] == 0:
+            _TF32_STATE["saved"] = (torch.backends.cuda.matmul.allow_tf32,
+                                    torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        _TF32_STATE["inside"] += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _TF32_STATE["inside"] -= 1
+            if _TF32_STATE["inside"] == 0:
+                (torch.backends.cuda.matmul.allow_tf32,
+                 torch.backends.cudnn.allow_tf32) = _TF32_STATE["saved"]
 
 
 def _init_weights(module, generator) -> None:

@@ -18,7 +18,6 @@ across modalities), L2-normalised when ``normalize=True``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -226,14 +225,6 @@ class _CLIPTower(BaseExpert):
             _init_weights(model, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
         return model.eval().requires_grad_(False)
 
-    def _autocast(self, device: str):
-        import torch
-
-        if torch.device(device).type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-
     def _finish(self, features) -> np.ndarray:
         import torch
 
@@ -402,7 +393,7 @@ class CLIPImageExpert(_CLIPTower):
         for start in range(0, len(items), batch_size):
             batch = torch.stack([self.preprocess(i) for i in items[start : start + batch_size]])
             batch = batch.to(device)
-            with torch.inference_mode(), self._autocast(device):
+            with torch.inference_mode(), self.autocast(device):
                 if source.backend == "transformers":
                     features = model(pixel_values=batch)
                 else:
@@ -488,7 +479,7 @@ class CLIPTextExpert(_CLIPTower):
         outputs = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            with torch.inference_mode(), self._autocast(device):
+            with torch.inference_mode(), self.autocast(device):
                 if source.backend == "transformers":
                     encoded = tokenizer(chunk, padding=True, truncation=True,
                                         max_length=limit, return_tensors="pt")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -210,17 +209,12 @@ class HFImageExpert(BaseExpert):
     def _embed(self, model: _LoadedHFImageModel, items: list, *, device: str, batch_size: int):
         import torch
 
-        on_cuda = torch.device(device).type == "cuda"
         outputs = []
         for start in range(0, len(items), batch_size):
             chunk = [self.preprocess(self.read(i) if not isinstance(i, torch.Tensor) else i)
                      for i in items[start : start + batch_size]]
             pixels = torch.stack(chunk).to(device)
-            autocast = contextlib.nullcontext()
-            if on_cuda:
-                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-                autocast = torch.autocast(device_type="cuda", dtype=dtype)
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self.autocast(device):
                 result = model.module(pixel_values=pixels)
                 pooled = self._pool(model, result, pixels)
             outputs.append(pooled.float().cpu().numpy())

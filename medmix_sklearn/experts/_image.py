@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -389,9 +388,6 @@ class ImageExpert(BaseExpert):
         from PIL import Image
 
         on_cuda = torch.device(device).type == "cuda"
-        amp_dtype = None
-        if on_cuda:
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         outputs = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -406,12 +402,7 @@ class ImageExpert(BaseExpert):
                 batch = batch.contiguous(memory_format=torch.channels_last)
             else:
                 batch = batch.to(device)
-            autocast = (
-                torch.autocast(device_type="cuda", dtype=amp_dtype)
-                if on_cuda
-                else contextlib.nullcontext()
-            )
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self.autocast(device):
                 features = model.module(batch)
             outputs.append(features.float().cpu().numpy())
         return np.concatenate(outputs, axis=0)

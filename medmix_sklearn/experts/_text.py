@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -219,14 +218,6 @@ class TextExpert(BaseExpert):
         # read() is idempotent on its own output and refuses a non-text (None,
         # NaN) instead of embedding its repr.
         texts = [self.read(t) for t in items]
-        on_cuda = torch.device(device).type == "cuda"
-        autocast = contextlib.nullcontext
-        if on_cuda:
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-            def autocast():
-                return torch.autocast(device_type="cuda", dtype=amp_dtype)
-
         # Longest first: similar lengths share a batch, and an out-of-memory
         # failure shows on the first batch rather than the last.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
@@ -243,7 +234,7 @@ class TextExpert(BaseExpert):
                 return_tensors="pt",
             )
             encoded = {k: v.to(device) for k, v in encoded.items()}
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), self.autocast(device):
                 hidden = model.module(**encoded).last_hidden_state
             hidden = hidden.float()
             if self.pooling == "cls":

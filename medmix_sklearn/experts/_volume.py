@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -13,7 +12,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import ExpertNotFoundError, ItemReadError
-from ._base import BaseExpert, _init_weights, sanitize_name
+from ._base import BaseExpert, _init_weights, current_precision, sanitize_name
 from ._io import file_sha256
 from ._registry import Preset, find_preset, list_presets, not_found_message
 from ._volume_io import Volume, read_volume, resample_volume, series_files, volume_content_key
@@ -370,7 +369,7 @@ class VolumeExpert(BaseExpert):
         )
         return parts
 
-    def fingerprint(self, device: str = "cpu") -> str:
+    def fingerprint(self, device: str = "cpu", precision: str = "float32") -> str:
         """Hex digest identifying this expert's embeddings, for the cache.
 
         The 2.5-D form combines the volume preprocessing with the 2-D expert's
@@ -381,10 +380,12 @@ class VolumeExpert(BaseExpert):
         ----------
         device : str, default="cpu"
             The torch device the embeddings are computed on.
+        precision : {"float32", "autocast"}, default="float32"
+            The precision asked of :meth:`embed`.
         """
-        own = super().fingerprint(device)
+        own = super().fingerprint(device, precision)
         if isinstance(self.model, BaseExpert):
-            inner = self.model.fingerprint(device)
+            inner = self.model.fingerprint(device, precision)
             return hashlib.sha256(f"{own}\0{inner}".encode()).hexdigest()
         return own
 
@@ -509,7 +510,9 @@ class VolumeExpert(BaseExpert):
         if spec.form == "2.5d":
             counts = [t.shape[0] for t in tensors]
             flat = [s for t in tensors for s in t]
-            slices = self.model.embed(flat, device=device, batch_size=batch_size)
+            slices = self.model.embed(
+                flat, device=device, batch_size=batch_size, precision=current_precision()
+            )
             out, start = [], 0
             for n in counts:
                 block = slices[start : start + n]
@@ -521,17 +524,12 @@ class VolumeExpert(BaseExpert):
                 else:
                     out.append(np.concatenate([block.mean(axis=0), block.max(axis=0)]))
             return np.stack(out)
-        on_cuda = torch.device(device).type == "cuda"
-        autocast = contextlib.nullcontext()
-        if on_cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            autocast = torch.autocast(device_type="cuda", dtype=dtype)
         # Volumes of one shape share a batch; others go alone.
         step = batch_size if spec.input_shape is not None else 1
         outputs = []
         for start in range(0, len(tensors), step):
             batch = torch.stack(tensors[start : start + step]).to(device)  # (B, 1, D, H, W)
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self.autocast(device):
                 outputs.append(model(batch).float().cpu().numpy())
         return np.concatenate(outputs, axis=0)
 
