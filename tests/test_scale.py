@@ -286,9 +286,13 @@ def test_gpu_check_cpu_only_runs_every_step(tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert figures["failures"] == [] and figures["n"] == 8
     # The CPU against itself: float32 agrees to rounding, the classifier exactly.
-    assert figures["image_float32_max_abs_diff"] <= 1e-5
-    assert figures["text_float32_max_abs_diff"] <= 1e-5
-    assert figures["classifier_cpu_vs_gpu_max_proba_diff"] <= 1e-6
+    assert figures["image_float32_max_relative_diff"] <= 1e-5
+    assert figures["text_float32_max_relative_diff"] <= 1e-5
+    for precision in ("float32", "autocast"):
+        round_trip = figures[f"classifier_{precision}"]
+        assert round_trip["loaded_classifier_on_gpu_embeddings_max_proba_diff"] <= 1e-6
+        assert round_trip["loaded_pipeline_vs_classifier_on_cpu_embeddings_max_proba_diff"] <= 1e-6
+        assert round_trip["pipeline_cpu_vs_gpu_same_label"] == 1.0
     assert figures["images_per_s_embedder"] > 0 and figures["texts_per_s_hand_loop"] > 0
 
 
