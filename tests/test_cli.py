@@ -75,6 +75,22 @@ def test_every_subcommand_has_help(command, capsys):
         assert "--image [NAME=]COL[:EXPERT,...]" in out and "[[modalities]]" in out
 
 
+def test_precision_flag_reaches_the_embedder(capsys):
+    from medmix_sklearn.cli._entries import _embedder
+    from medmix_sklearn.cli._main import build_parser
+
+    base = ["fit", "--data", "t.csv", "--target", "y", "--image", "image_path"]
+    args = build_parser().parse_args([*base, "--precision", "autocast"])
+    embedder = _embedder(args, [("labs", "passthrough", ["a"])], [], {})
+    assert embedder.precision == "autocast"
+    args = build_parser().parse_args(base)
+    assert _embedder(args, [("labs", "passthrough", ["a"])], [], {}).precision == "float32"
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*base, "--precision", "half"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_command(monkeypatch, capsys):
     import runpy
 

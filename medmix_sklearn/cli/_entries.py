@@ -356,6 +356,8 @@ def _embedder(args, modalities, teachers, config: dict):
         params["device"] = args.device
     if getattr(args, "batch_size", None):
         params["batch_size"] = args.batch_size
+    if getattr(args, "precision", None):
+        params["precision"] = args.precision
     params.setdefault("verbose", 0 if getattr(args, "quiet", False) else 1)
     try:
         return MultimodalExpertEmbedder(modalities, teachers=teachers or None, **params)

@@ -85,6 +85,9 @@ def _add_data(p: argparse.ArgumentParser, *, target: bool) -> None:
                         "'none' disables it)")
     e.add_argument("--device", help="torch device (default: cuda when available)")
     e.add_argument("--batch-size", type=int, help="items per forward pass")
+    e.add_argument("--precision", choices=("float32", "autocast"),
+                   help="experts' precision on CUDA: float32 (default; the same embeddings "
+                        "as on the CPU) or autocast (bfloat16, faster, embeddings differ)")
 
 
 def _add_classifier(p: argparse.ArgumentParser) -> None:
