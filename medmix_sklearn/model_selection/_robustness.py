@@ -433,10 +433,19 @@ class _PredictOnce(ClassifierMixin, BaseEstimator):
         return self._once("predict", X)
 
 
-def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, n_repeats, seed, params):
-    model = clone(estimator).fit(_take(X, train), y[train], **params)
-    if is_classifier(model):
-        model = _PredictOnce(model)
+def _draw_seed(*key) -> int:
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0] % np.iinfo(np.int32).max)
+
+
+def _fitted(estimator, X, y, params):
+    model = clone(estimator).fit(X, y, **params)
+    return _PredictOnce(model) if is_classifier(model) else model
+
+
+def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, n_repeats, seed, params,
+          amputate="test"):
+    X_train, y_train = _take(X, train), y[train]
+    model = _fitted(estimator, X_train, y_train, params)
     X_test, y_test = _take(X, test), y[test]
     rows = []
     unamputed = None
@@ -444,9 +453,15 @@ def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, 
         for p in probabilities:
             for repeat in range(n_repeats):
                 if p > 0:
-                    state = np.random.SeedSequence([seed, fold, m, repeat, round(p * 1e6)]).generate_state(1)[0]
-                    amp = clone(amputer).set_params(p=float(p), random_state=int(state % np.iinfo(np.int32).max))
-                    scores = {k: float(s(model, amp.transform(X_test, y_test), y_test)) for k, s in scorers.items()}
+                    amp = clone(amputer).set_params(
+                        p=float(p), random_state=_draw_seed(seed, fold, m, repeat, round(p * 1e6)))
+                    scored = model
+                    if amputate == "train_and_test":
+                        # Its own stream: the test fold's draws stay those of amputate="test".
+                        train_amp = clone(amputer).set_params(
+                            p=float(p), random_state=_draw_seed(seed, fold, m, repeat, round(p * 1e6), 1))
+                        scored = _fitted(estimator, train_amp.transform(X_train, y_train), y_train, params)
+                    scores = {k: float(s(scored, amp.transform(X_test, y_test), y_test)) for k, s in scorers.items()}
                 else:  # nothing blanked: every mechanism and repeat scores the same predictions
                     if unamputed is None:
                         unamputed = {k: float(s(model, X_test, y_test)) for k, s in scorers.items()}
@@ -458,7 +473,8 @@ def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, 
 
 
 def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mechanism="mcar", cv=5,
-                     scoring="roc_auc", n_repeats=1, random_state=None, n_jobs=None, params=None):
+                     scoring="roc_auc", n_repeats=1, random_state=None, n_jobs=None, params=None,
+                     amputate="test"):
     """Score an estimator on test folds with modalities blanked at each probability.
 
     The estimator is fitted once per training fold, on the fold as it is;
@@ -466,6 +482,8 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
     probability in ``probabilities`` (``n_repeats`` independent draws each)
     and scored. At ``p=0`` nothing is blanked, so those scores are exactly
     :func:`~sklearn.model_selection.cross_val_score`'s on the same folds.
+    With ``amputate="train_and_test"`` the training fold is amputed too, by
+    the same mechanism and probability, and a model is fitted per draw.
 
     Parameters
     ----------
@@ -496,6 +514,14 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         Folds fitted in parallel (joblib).
     params : dict or None, default=None
         Passed to ``fit``.
+    amputate : {"test", "train_and_test"}, default="test"
+        ``"test"``: modalities go missing at test time only (a shift: the
+        model never saw the mechanism). ``"train_and_test"``: the training
+        fold is amputed as well (an independent draw), as when the mechanism
+        also shaped the data the model learns from; then a label-dependent
+        mechanism (``"mnar"``) is something the model can learn, and one fit
+        per fold, mechanism, probability above 0 and repeat is made. The test
+        folds are amputed identically in both modes.
 
     Returns
     -------
@@ -517,6 +543,8 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
         raise ValueError(f"probabilities must lie in [0, 1]. Got {probabilities!r} instead.")
     if not isinstance(n_repeats, numbers.Integral) or n_repeats < 1:
         raise ValueError(f"n_repeats must be an integer >= 1. Got {n_repeats!r} instead.")
+    if amputate not in ("test", "train_and_test"):
+        raise ValueError(f"amputate must be 'test' or 'train_and_test'. Got {amputate!r} instead.")
     mechanisms = list(mechanism) if isinstance(mechanism, (list, tuple)) else [mechanism]
     if not mechanisms:
         raise ValueError("mechanism names no mechanism.")
@@ -533,7 +561,7 @@ def robustness_curve(estimator, X, y, *, probabilities=(0, 0.25, 0.5, 0.75), mec
     folds = list(splitter.split(X, y))
     results = Parallel(n_jobs=n_jobs)(
         delayed(_fold)(estimator, X, y, train, test, k, scorers, probabilities, amputers, int(n_repeats), seed,
-                       params or {})
+                       params or {}, amputate)
         for k, (train, test) in enumerate(folds)
     )
     frame = pd.DataFrame([row for rows in results for row in rows])
