@@ -204,3 +204,28 @@ def test_report_only_rewrites_the_page_from_the_store(tmp_path):
     assert len(doc["verdict"]["gen_label"]["vs_hgb"]) == cells
     assert doc["verdict"]["gen_label"]["ece_cells"] == cells
     assert not any(key.startswith("mnar|0.0") for key in doc["verdict"]["gen_label"]["vs_hgb"])
+
+
+def test_bench_mnar_train_scores_both_modes_on_the_same_folds():
+    """benchmarks/bench_mnar_train.py: test-only and train-and-test amputation, and its page."""
+    import bench_mnar_train
+    import bench_quality
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y = _block_frame(150)
+    data = bench_quality.Dataset("toy", "Toy data", X.to_numpy(np.float32), np.array(X.columns), y)
+    method = bench_quality.Method("logreg_impute", "logreg_impute", label="LogReg")
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(data.X, y))
+    run = bench_mnar_train.evaluate(data, method, 0, folds)
+    frame = pd.DataFrame(run["rows"])
+    assert set(frame["mode"]) == {"test", "train_and_test"} and set(frame["p"]) == set(bench_mnar_train.P_GRID)
+    auroc = frame[frame.metric == "auroc"].pivot_table(index=["p", "fold"], columns="mode", values="score")
+    np.testing.assert_array_equal(auroc.loc[0.0, "test"], auroc.loc[0.0, "train_and_test"])
+    # Learnt from the training folds, label-dependent blanking lifts the indicator model.
+    assert auroc.loc[0.5, "train_and_test"].mean() > auroc.loc[0.5, "test"].mean()
+    assert (frame[frame.metric == "ece"]["score"] >= 0).all()
+    doc = {"runs": {"toy": {"data_set": "toy", "title": "Toy data",
+                            "methods": {"logreg_impute": run, "medmix": {**run, "label": "MedMIX"}}}}}
+    page = bench_mnar_train.report(doc, "CMD")
+    assert "`CMD`" in page and "| **MedMIX** | train and test |" in page
+    assert "  - MedMIX: level with or above every baseline at every p." in page
