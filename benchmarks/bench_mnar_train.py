@@ -122,6 +122,11 @@ def report(doc: dict, command: str) -> str:
     ]
     for entry in doc["runs"].values():
         lines += [f"## {entry['title']} (`{entry['data_set']}`)", ""]
+        if "dependence" in entry:
+            dep = entry["dependence"]
+            lines += [f"The data as they are, before any amputation: the availability pattern against the label "
+                      f"(`missingness_dependence`), {dep['n_patterns']} patterns, chi-squared p = {dep['pvalue']:.1e}, "
+                      f"Cramér's V = {dep['cramers_v']:.2f}.", ""]
         header = "| method | mode | " + " | ".join(f"AUROC p={p:g}" for p in P_GRID) + " | " + \
             " | ".join(f"ECE p={p:g}" for p in P_GRID) + " | s |"
         lines += [header, "| " + " | ".join(["---"] * (2 + 2 * len(P_GRID) + 1)) + " |"]
@@ -193,6 +198,11 @@ def main(argv=None) -> None:
             if data.name not in sets:
                 continue
             entry = doc["runs"].setdefault(data.name, {"data_set": data.name, "title": data.title, "methods": {}})
+            from medmix_sklearn.model_selection import missingness_dependence
+
+            found = missingness_dependence(pd.DataFrame(data.X, columns=data.names), data.y)
+            entry["dependence"] = {"pvalue": found.pvalue, "cramers_v": found.cramers_v,
+                                   "n_patterns": found.n_patterns}
             folds = list(StratifiedKFold(quality.FULL["n_folds"], shuffle=True, random_state=seed)
                          .split(data.X, data.y))
             candidates = {m.name: m for m in quality.methods_for(data, study_everywhere=True)}
@@ -209,6 +219,9 @@ def main(argv=None) -> None:
                 entry["methods"][method.name] = evaluate(data, method, seed, folds)
                 print(entry["methods"][method.name]["seconds"], flush=True)
                 _save(doc, store)
+    stored = list(dict.fromkeys(name for entry in doc["runs"].values() for name in entry["methods"]))
+    if stored != [*quality.BASELINES, "medmix"]:
+        command += " --methods " + ",".join(stored)
     page = os.path.join(args.out, PAGE_NAME)
     with open(page, "w") as fh:
         fh.write(report(doc, command))

@@ -637,3 +637,35 @@ def test_evaluate_methods_is_reproducible_and_checks_input():
         evaluate_methods({"lr": LogisticRegression()}, X.to_numpy(), y)
     with pytest.raises(ValueError, match="estimators is empty"):
         evaluate_methods({}, X, y)
+
+
+def test_missingness_dependence_tells_informative_from_random_patterns():
+    from medmix_sklearn.model_selection import missingness_dependence
+
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 2, n)
+    xray = rng.normal(size=(n, 3))
+    informative = xray.copy()
+    informative[rng.random(n) < np.where(y == 1, 0.6, 0.1)] = np.nan  # absent mostly when positive
+    random = xray.copy()
+    random[rng.random(n) < 0.35] = np.nan
+    names = ["xray__e__0", "xray__e__1", "xray__e__2", "labs__age"]
+    age = rng.normal(60, 10, size=(n, 1))
+    by_label = missingness_dependence(pd.DataFrame(np.hstack([informative, age]), columns=names), y)
+    at_random = missingness_dependence(pd.DataFrame(np.hstack([random, age]), columns=names), y)
+    assert by_label.pvalue < 1e-20 and by_label.cramers_v > 0.4
+    assert at_random.pvalue > 0.01 and at_random.cramers_v < 0.1
+    assert by_label.dof == 1 and by_label.n_patterns == 2
+    assert by_label.table.to_numpy().sum() == n and list(by_label.table.columns) == [0, 1]
+    # Rare patterns are pooled; nothing to test with one pattern or one class.
+    X = pd.DataFrame(np.hstack([informative, age]), columns=names)
+    X.iloc[:3, 3] = np.nan
+    pooled = missingness_dependence(X, y, min_rows=5)
+    assert "other" in pooled.table.index and pooled.n_patterns == 3
+    full = missingness_dependence(pd.DataFrame(np.hstack([xray, age]), columns=names), y)
+    assert (full.statistic, full.pvalue, full.n_patterns) == (0.0, 1.0, 1)
+    with pytest.raises(ValueError, match="X has 600 rows but y has 599 labels"):
+        missingness_dependence(X, y[:-1])
+    with pytest.raises(ValueError, match="min_rows must be a positive integer. Got 0"):
+        missingness_dependence(X, y, min_rows=0)

@@ -15,7 +15,7 @@ from ._robustness import (
     plot_robustness_curves,
     robustness_curve,
 )
-from ._scoring import PatternScorer, make_pattern_scorers, missingness_report
+from ._scoring import PatternScorer, make_pattern_scorers, missingness_dependence, missingness_report
 from ._search import SearchPipeline, create_study, default_search_space
 from ._split import MissingnessStratifiedGroupKFold, MissingnessStratifiedKFold
 
@@ -36,6 +36,7 @@ __all__ = [
     "default_search_space",
     "evaluate_methods",
     "make_pattern_scorers",
+    "missingness_dependence",
     "missingness_report",
     "modality_columns",
     "pattern_labels",

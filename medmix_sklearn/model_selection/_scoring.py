@@ -243,3 +243,69 @@ def missingness_report(estimator, X, y, modalities=None, *,
         rows.append(row)
         index.append((level, label))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["level", "subset"]))
+
+
+def missingness_dependence(X, y, modalities=None, *, min_rows=5):
+    """Test whether the availability pattern tells something about the label.
+
+    A chi-squared test of independence between the pattern of present
+    modalities and the class, on the rows given (a training set). When the
+    pattern depends on the label (sicker patients get more examinations) and
+    will keep doing so where the model is used,
+    ``MedMIXClassifier(pattern_prior=True)`` uses it; when modalities will go
+    missing for other reasons, the pattern is better not trusted
+    (docs/benchmarks/mnar_train.md measures both).
+
+    Parameters
+    ----------
+    X : DataFrame or array-like of shape (n_samples, n_features)
+        The embedded matrix (layout column names) or the raw table, as
+        :func:`~medmix_sklearn.model_selection.availability_patterns` takes it.
+    y : array-like of shape (n_samples,)
+        Class labels.
+    modalities : list of tuples, MultimodalExpertEmbedder, dict or None, default=None
+        How the pattern is read from ``X``; see ``availability_patterns``.
+    min_rows : int, default=5
+        Patterns with fewer rows are pooled into one (``"other"``), so that
+        rare patterns do not make the test's approximation invalid.
+
+    Returns
+    -------
+    result : Bunch
+        ``statistic`` (chi-squared), ``pvalue``, ``dof``, ``cramers_v`` (the
+        strength of the dependence, 0 to 1), ``n_patterns`` (after pooling)
+        and ``table`` (a DataFrame of row counts, patterns by class). With a
+        single pattern, or a single class, there is nothing to test:
+        ``statistic`` 0 and ``pvalue`` 1.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from medmix_sklearn.model_selection import missingness_dependence
+    >>> y = np.array([0, 1] * 50)
+    >>> X = pd.DataFrame({"xray__e__0": np.where(y == 1, 1.0, np.nan), "labs__age": 60.0})
+    >>> result = missingness_dependence(X, y)
+    >>> result.pvalue < 1e-10, round(result.cramers_v, 2)
+    (True, 1.0)
+    """
+    from scipy.stats import chi2_contingency
+    from sklearn.utils import Bunch
+
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels.")
+    if isinstance(min_rows, bool) or not isinstance(min_rows, (int, np.integer)) or min_rows < 1:
+        raise ValueError(f"min_rows must be a positive integer. Got {min_rows!r} instead.")
+    names = pd.Series(pattern_labels(availability_patterns(X, modalities)), name="pattern")
+    sizes = names.value_counts()
+    rare = sizes.index[sizes < min_rows]
+    if len(rare):
+        names = names.where(~names.isin(rare), "other")
+    table = pd.crosstab(names, pd.Series(y, name="class"))
+    n_patterns = int(table.shape[0])
+    if n_patterns < 2 or table.shape[1] < 2:
+        return Bunch(statistic=0.0, pvalue=1.0, dof=0, cramers_v=0.0, n_patterns=n_patterns, table=table)
+    statistic, pvalue, dof, _ = chi2_contingency(table.to_numpy(), correction=False)
+    cramers_v = float(np.sqrt(statistic / (len(y) * (min(table.shape) - 1))))
+    return Bunch(statistic=float(statistic), pvalue=float(pvalue), dof=int(dof), cramers_v=cramers_v,
+                 n_patterns=n_patterns, table=table)
