@@ -49,7 +49,8 @@ weights), texts with all-MiniLM-L6-v2; labs and age pass through. Sex enters
 the generated sets as a 0/1 column in a ``demo`` modality with age.
 
 Methods: MedMIXClassifier with its defaults, with ``pattern_prior`` switched,
-and (``--ablations``) the fusion ablations; the published fusion methods of
+with every other ``calibration`` (``medmix_calibration_{value}``), and
+(``--ablations``) the fusion ablations; the published fusion methods of
 ``benchmarks/fusion_baselines.py`` (MedFuse, FuseMoE, Flex-MoE, ShaSpec,
 DrFuse) on the same training loop; the scikit-learn baselines of
 ``benchmarks/_baselines.py``.
@@ -105,6 +106,8 @@ from medmix_sklearn.model_selection import (  # noqa: E402
 )
 
 P_GRID = (0.0, 0.25, 0.5, 0.75)
+#: MedMIXClassifier's calibration values; the default's run is "medmix", the others are variants.
+CALIBRATIONS = (None, "temperature", "presence")
 MECHANISMS = ("mcar", "mnar")
 TRAIN_RATES = (0.0, 0.3, 0.6)
 LR_C = 0.1
@@ -308,6 +311,12 @@ def methods_for(data: Dataset, ablations: bool = False, study_everywhere: bool =
     default_prior = MedMIXClassifier().pattern_prior
     out.append(Method("medmix_pattern_prior", "medmix", {"pattern_prior": not default_prior},
                       label=f"MedMIX, pattern_prior={not default_prior}"))
+    # Every calibration but the default's (issue 13: ECE when modalities go missing).
+    default_calibration = MedMIXClassifier().calibration
+    for value in CALIBRATIONS:
+        if value != default_calibration:
+            out.append(Method(f"medmix_calibration_{str(value).lower()}", "medmix", {"calibration": value},
+                              label=f"MedMIX, calibration={value!r}"))
     if data.name in STUDY_SETS or study_everywhere:
         defaults = MedMIXClassifier().get_params()
         for name, (kind, params, label) in STUDY.items():

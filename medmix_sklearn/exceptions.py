@@ -16,6 +16,7 @@ __all__ = [
     "LayoutWarning",
     "UnsafeModelFileWarning",
     "NumericCoercionWarning",
+    "CalibrationWarning",
 ]
 
 
@@ -57,3 +58,7 @@ class UnsafeModelFileWarning(UserWarning):
 
 class NumericCoercionWarning(UserWarning):
     """Cells of a numeric column that are not numbers were turned into NaN (on request)."""
+
+
+class CalibrationWarning(UserWarning):
+    """Temperatures could not be fitted, or were dropped (``MedMIXClassifier(calibration=...)``)."""

@@ -62,7 +62,8 @@ from .._layout import (
     strip_transformer_prefixes,
 )
 from .._missing import block_presence
-from ..exceptions import DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
+from ..exceptions import CalibrationWarning, DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
+from ._calibration import CALIBRATIONS, blanked_copies, fit_temperature, fit_temperatures, n_copies_for, temper
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
 from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionEnsemble, FusionOutput, MedMIXNetwork
@@ -183,6 +184,39 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         missing for other reasons (blanked at random at test time), so it is
         off by default. Use it when missingness depends on the label and will
         keep doing so where the model is used.
+    calibration : {"presence", "temperature"} or None, default=None
+        Temperature scaling fitted after training, on the rows early stopping
+        held out (each network of an ensemble on its own held-out rows, its
+        logits divided by its own temperatures before the members'
+        probabilities are averaged). Probabilities stay ``softmax(logits /
+        T)``, so they sum to 1, and the ranking of one network's scores does
+        not change.
+
+        - ``"presence"``: one temperature per number of modalities present
+          in the row. The held-out rows are copied with their present
+          modalities blanked at random (each with a probability drawn
+          uniformly from 0 to 1, at least one kept) to simulate modalities
+          missing at prediction; ``temperatures_[:, k]`` is fitted on the
+          copies left with ``k`` modalities (a count with too few copies
+          gets the temperature of all copies together). A network that
+          grows overconfident as modalities go missing gets ``T > 1`` for
+          the rows with few of them.
+        - ``"temperature"``: one temperature per network, fitted on the
+          held-out rows as they are (the classic temperature scaling).
+        - ``None``: no scaling (``temperatures_`` is None).
+
+        Needs ``early_stopping=True`` (``fit`` raises otherwise); when the
+        validation split is impossible the temperatures stay 1, with a
+        :class:`~medmix_sklearn.exceptions.CalibrationWarning`. Rows with no
+        modality present (the learned prior) are never scaled. ``partial_fit``
+        holds out no rows, so it fits no temperatures: started from scratch
+        it trains an uncalibrated network, and called on a calibrated
+        classifier it drops ``temperatures_`` (fitted to the weights before
+        the update), with a ``CalibrationWarning``; ``fit`` again to
+        recalibrate. ``explain``'s weights do not depend on it.
+        ``benchmarks/bench_quality.py`` measures both against the ECE of late
+        fusion when modalities are blanked at prediction
+        (docs/benchmarks/quality.md).
     dropout : float, default=0.1
         Dropout on expert tokens and before the head.
     lr : float, default=1e-3
@@ -359,6 +393,10 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Whether the network has the linear path (see ``linear_path``).
     hidden_dim_ : int
         Token width trained with (see ``hidden_dim``).
+    temperatures_ : ndarray of shape (n_members_, n_modalities + 1) or None
+        With ``calibration`` set: ``temperatures_[m, k]`` divides the logits
+        of network ``m`` on rows with ``k`` modalities present
+        (``temperatures_[:, 0]`` is 1). None without calibration.
     n_iter_ : int
         Epochs trained (by the first member, when several).
     net_ : skorch.NeuralNet
@@ -398,6 +436,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         "linear_path": [StrOptions({"auto"}), "boolean"],
         "aux_weight": [Interval(Real, 0, None, closed="left")],
         "pattern_prior": ["boolean"],
+        "calibration": [StrOptions(set(CALIBRATIONS)), None],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -438,6 +477,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         linear_path="auto",
         aux_weight=0.3,
         pattern_prior=False,
+        calibration=None,
         dropout=0.1,
         lr=1e-3,
         weight_decay=1e-4,
@@ -468,6 +508,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.linear_path = linear_path
         self.aux_weight = aux_weight
         self.pattern_prior = pattern_prior
+        self.calibration = calibration
         self.dropout = dropout
         self.lr = lr
         self.weight_decay = weight_decay
@@ -545,6 +586,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             teacher_params = dict(process_routing(self, "fit", **metadata).teacher.fit)
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=[np.float64, np.float32])
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        calibration = getattr(self, "calibration", None)
+        if calibration is not None and not self.early_stopping:
+            raise ValueError(
+                f"calibration={calibration!r} fits its temperatures on the rows early stopping "
+                "holds out, but early_stopping=False holds out none. Set early_stopping=True, or "
+                "calibration=None."
+            )
         labeled = self._labeled_rows(y)
         self.n_unlabeled_ = int((~labeled).sum())
         if self.n_unlabeled_:
@@ -583,9 +631,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         # Member 0 uses seed_ itself, so one member trains exactly as before ensembles existed.
         more = np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)
         seeds = [self.seed_, *more]
+        temperatures: list = []
         members = [
-            self._fit_member(dataset, y_enc, labeled, int(seed), aligner, alignment) for seed in seeds
+            self._fit_member(dataset, y_enc, labeled, int(seed), aligner, alignment, temperatures)
+            for seed in seeds
         ]
+        self.temperatures_ = np.vstack(temperatures) if calibration is not None else None
         if self.n_members_ == 1:
             self.net_ = members[0]
         else:
@@ -598,8 +649,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = len(self.net_.history)
         return self
 
-    def _fit_member(self, dataset, y_enc, labeled, seed, aligner, alignment) -> FusionNet:
-        """Train one network (its own initialisation, shuffling and early-stopping split)."""
+    def _fit_member(self, dataset, y_enc, labeled, seed, aligner, alignment, temperatures=None) -> FusionNet:
+        """Train one network (its own initialisation, shuffling and early-stopping split).
+
+        With ``calibration`` set, the network's temperatures (fitted on its
+        held-out rows) are appended to the list ``temperatures``.
+        """
         valid = None
         train_idx = np.arange(len(y_enc))
         if self.early_stopping:
@@ -617,11 +672,88 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         # training rows, and a later partial_fit trains the same way on a
         # live model and on an unpickled one.
         net.drop_teacher()
+        if getattr(self, "calibration", None) is not None and temperatures is not None:
+            temperatures.append(self._fit_calibration(net.module_, valid, seed))
         if valid is not None:
             net.train_split = None
             net.callbacks = [cb for cb in net.callbacks if cb[0] != "early_stopping"]
             net.initialize_callbacks()
         return net
+
+    def _fit_calibration(self, module, valid: BlockDataset | None, seed: int) -> np.ndarray:
+        """Temperatures of one trained network, per count of present modalities (``calibration``).
+
+        Fitted on the labelled held-out rows ``valid``; with ``"presence"``
+        on copies of them with modalities blanked at random (seeded with the
+        member's ``seed``, so a fit is reproducible).
+        """
+        n_mod = len(self.modality_names_)
+        if valid is None:
+            warnings.warn(
+                f"calibration={self.calibration!r} is set but no rows could be held out for early "
+                "stopping (see the warning before), so there is nothing to fit temperatures on; "
+                "they stay 1 (no scaling).",
+                CalibrationWarning,
+                stacklevel=4,
+            )
+            return np.ones(n_mod + 1)
+        labeled = valid.teacher.get("labeled")
+        rows = np.arange(len(valid)) if labeled is None else np.flatnonzero(labeled.numpy())
+        x, mask = valid.x[rows], valid.mask[rows].numpy()
+        y, weight = valid.y[rows].numpy(), valid.sample_weight[rows].numpy().astype(np.float64)
+        block_mod = np.asarray(self.network_params_["block_modality"])
+        present = np.stack([mask[:, block_mod == j].any(axis=1) for j in range(n_mod)], axis=1)
+        if self.calibration == "temperature":
+            copies, keep = np.arange(len(rows)), present
+        else:
+            rng = np.random.default_rng(seed)
+            copies, keep = blanked_copies(present, rng, n_copies_for(len(rows)))
+        copy_mask = mask[copies] & keep[:, block_mod]
+        # Zero the blanked blocks too, as _prepare writes an absent block.
+        columns_absent = ~copy_mask[:, np.repeat(np.arange(len(block_mod)), self.network_params_["block_dims"])]
+        copy_x = x[copies].masked_fill(torch.as_tensor(columns_absent), 0.0)
+        out = self._run_module(module, copy_x, torch.as_tensor(copy_mask), temperatures=None)
+        logits = out[0].double().cpu().numpy()
+        n_present = out[4].sum(dim=1).round().long().cpu().numpy()
+        if self.calibration == "temperature":
+            temperatures = np.full(n_mod + 1, fit_temperature(logits, y, weight))
+            temperatures[0] = 1.0
+            return temperatures
+        return fit_temperatures(logits, y[copies], weight[copies], n_present, copies, n_mod)
+
+    def _run_module(self, module, x: torch.Tensor, mask: torch.Tensor, temperatures="fitted") -> tuple:
+        """The output tuple of the network ``module`` (evaluation mode) on ``x``, in batches.
+
+        ``temperatures``: the fitted ``temperatures_`` (default; their logits are
+        tempered, an ensemble's per member before averaging), or None for the
+        network as trained. ``x`` is cast to the module's dtype and device; the
+        fields come back on the CPU.
+        """
+        if isinstance(temperatures, str):
+            temperatures = getattr(self, "temperatures_", None)
+        parameter = next(module.parameters())
+        was_training = module.training
+        module.eval()
+        ensemble = isinstance(module, FusionEnsemble)
+        members = list(module.members) if ensemble else [module]
+        step = max(int(self.batch_size), 1024)
+        parts = []
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(x), step):
+                    xb = x[i : i + step].to(device=parameter.device, dtype=parameter.dtype)
+                    mb = mask[i : i + step].to(parameter.device)
+                    if temperatures is None:
+                        out = module(xb, mb)
+                    else:
+                        tempered = [
+                            temper(member(xb, mb), torch.as_tensor(t)) for member, t in zip(members, temperatures)
+                        ]
+                        out = FusionEnsemble.combine(tempered) if ensemble else tempered[0]
+                    parts.append(tuple(field.cpu() for field in out[:5]))
+        finally:
+            module.train(was_training)
+        return FusionOutput(*(torch.cat(field) for field in zip(*parts)))
 
     def _resolve_size(self, n_members: int) -> None:
         """Set ``n_members_``, and the ``"auto"`` values that follow it (small data or not)."""
@@ -711,6 +843,23 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 f"{self.classes_.tolist()!r}. Pass every class with `classes=` on the first call."
             )
         y_enc = self._encoder.transform(y)
+        calibration = getattr(self, "calibration", None)
+        if first and calibration is not None:
+            warnings.warn(
+                f"partial_fit holds out no rows, so calibration={calibration!r} fits no "
+                "temperatures: the network it trains is not calibrated. Use fit to calibrate.",
+                CalibrationWarning,
+                stacklevel=2,
+            )
+        elif not first and getattr(self, "temperatures_", None) is not None:
+            warnings.warn(
+                "partial_fit changes the weights the temperatures of calibration="
+                f"{calibration!r} were fitted to, so it drops them (temperatures_ is now None). "
+                "Call fit to train and calibrate again.",
+                CalibrationWarning,
+                stacklevel=2,
+            )
+            self.temperatures_ = None
         if first:
             self._fit_preprocessing(X, y_enc)
             self._fit_pattern_prior(X, y_enc)
@@ -721,6 +870,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self.net_.initialize()
             self.n_iter_ = 0
             self.n_unlabeled_ = 0
+            self.temperatures_ = None
         dataset = self._dataset(X, y_enc, sample_weight)
         self.net_.partial_fit(dataset, None, epochs=1)
         self.n_iter_ += 1
@@ -1354,6 +1504,17 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X, where = self._validate_predict_input(X)
         dataset = self._dataset(X, where=where)
+        if getattr(self, "temperatures_", None) is not None:
+            # Calibrated: each network's logits are tempered before an ensemble averages them.
+            if str(self.net_.device) != "cpu":
+                return self._run_module(self.net_.module_, dataset.x, dataset.mask)
+            module = copy.deepcopy(self.net_.module_).double()
+            step = self.batch_size
+            parts = [
+                self._run_module(module, dataset.x[i : i + step], dataset.mask[i : i + step])
+                for i in range(0, len(dataset), step)
+            ]
+            return FusionOutput(*(torch.cat(field) for field in zip(*parts)))
         if str(self.net_.device) != "cpu":
             out = self.net_.forward(dataset, training=False, device="cpu")
             return FusionOutput(*out)

@@ -453,11 +453,19 @@ class FusionEnsemble(nn.Module):
         return torch.logsumexp(log_proba, dim=0) - math.log(len(logits))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, **kwargs) -> tuple[torch.Tensor, ...]:
-        outputs = [member(x, mask, **kwargs) for member in self.members]
+        return self.combine([member(x, mask, **kwargs) for member in self.members])
+
+    @classmethod
+    def combine(cls, outputs: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
+        """The ensemble's output from its members' output tuples (what ``forward`` returns).
+
+        :class:`MedMIXClassifier` calls it with members' outputs whose logits
+        it has tempered (``calibration=``) before they are averaged.
+        """
         fields = list(zip(*outputs))
         averaged = [
-            self._mean_log_proba(fields[0]),
-            self._mean_log_proba(fields[1]),
+            cls._mean_log_proba(fields[0]),
+            cls._mean_log_proba(fields[1]),
             *(torch.stack(field).mean(dim=0) for field in fields[2:4]),
             fields[4][0],
         ]

@@ -1,0 +1,169 @@
+"""Temperature scaling of the fusion network, by how many modalities a row has.
+
+:class:`MedMIXClassifier` with ``calibration=`` fits, after training, a
+temperature ``T`` for the logits of each network on the rows its early
+stopping held out, and divides the logits by it at prediction (probabilities
+``softmax(logits / T)``: still summing to 1, same ranking for one network).
+
+- ``"temperature"``: one temperature per network, fitted on the held-out rows
+  as they are (Guo et al., "On calibration of modern neural networks", ICML
+  2017).
+- ``"presence"``: one temperature per number of modalities present in a row.
+  The held-out rows are replicated, and in each copy the present modalities
+  are blanked independently with a probability drawn uniformly from (0, 1)
+  (at least one kept), so that every count of present modalities is seen
+  even when training data are nearly complete; ``T[k]`` is then fitted on
+  the copies left with ``k`` modalities. A network that grows overconfident
+  as modalities go missing at prediction gets ``T[k] > 1`` for small ``k``.
+
+Every temperature minimises the (sample-weighted) negative log-likelihood
+of the held-out labels, over ``log T`` in ``[log 0.05, log 20]``. A count
+with fewer than :data:`MIN_ROWS` copies (or :data:`MIN_DISTINCT` distinct
+held-out rows) gets the temperature fitted on all copies together; a row
+with no modality present (the network's learned prior) is never scaled.
+
+Pure numpy and torch; no scikit-learn estimator here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+#: The values of MedMIXClassifier's ``calibration`` parameter (None: off).
+CALIBRATIONS = ("temperature", "presence")
+#: Fewest copies, and distinct held-out rows, to fit a count's own temperature.
+MIN_ROWS = 30
+MIN_DISTINCT = 10
+#: Copies of the held-out rows with modalities blanked ("presence"), at most
+#: MAX_COPIES per row and about MAX_TOTAL in all.
+MAX_COPIES = 20
+MAX_TOTAL = 20_000
+_LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
+
+
+def blanked_copies(
+    modality_present: np.ndarray, rng: np.random.Generator, n_copies: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to replicate and the modalities each copy keeps.
+
+    Parameters
+    ----------
+    modality_present : ndarray of shape (n_rows, n_modalities), bool
+        Modalities present in each held-out row, as observed.
+    rng : numpy.random.Generator
+    n_copies : int
+        Blanked copies per row (the row as observed is copy 0, added too).
+
+    Returns
+    -------
+    rows : ndarray of shape (n_rows * (n_copies + 1),)
+        Index of the held-out row of each copy.
+    keep : ndarray of shape (n_rows * (n_copies + 1), n_modalities), bool
+        Modalities present in each copy: a subset of the row's, never empty
+        when the row has any.
+    """
+    n, n_mod = modality_present.shape
+    rows = np.tile(np.arange(n), n_copies + 1)
+    present = modality_present[rows]
+    rate = rng.uniform(size=(len(rows), 1))
+    keep = present & (rng.uniform(size=present.shape) >= rate)
+    keep[:n] = modality_present  # copy 0: as observed
+    # At least one modality kept: a copy that lost all gets one of its row's back at random.
+    lost = ~keep.any(axis=1) & present.any(axis=1)
+    if lost.any():
+        scores = np.where(present[lost], rng.uniform(size=(int(lost.sum()), n_mod)), -1.0)
+        keep[np.flatnonzero(lost), scores.argmax(axis=1)] = True
+    return rows, keep
+
+
+def n_copies_for(n_rows: int) -> int:
+    """Blanked copies per held-out row: MAX_COPIES, fewer when the rows are many."""
+    return int(np.clip(MAX_TOTAL // max(n_rows, 1), 1, MAX_COPIES))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """The temperature minimising the weighted NLL of ``softmax(logits / T)``.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (n, n_classes)
+    y : ndarray of shape (n,)
+        Class indices.
+    weight : ndarray of shape (n,), default=None
+
+    Returns
+    -------
+    temperature : float
+        In ``[0.05, 20]``; 1.0 when ``logits`` is empty.
+    """
+    if len(y) == 0:
+        return 1.0
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y, dtype=np.intp)
+    weight = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    total = weight.sum()
+    if total <= 0:
+        return 1.0
+    picked = logits[np.arange(len(y)), y]
+
+    def nll(log_t: float) -> float:
+        scaled = logits / math.exp(log_t)
+        top = scaled.max(axis=1)
+        log_norm = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+        return float((weight * (log_norm - picked / math.exp(log_t))).sum() / total)
+
+    result = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(result.x))
+
+
+def fit_temperatures(
+    logits: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    n_present: np.ndarray,
+    rows: np.ndarray,
+    n_modalities: int,
+) -> np.ndarray:
+    """One temperature per count of present modalities (``"presence"``).
+
+    Parameters
+    ----------
+    logits : ndarray of shape (n_copies, n_classes)
+    y, weight : ndarray of shape (n_copies,)
+    n_present : ndarray of shape (n_copies,)
+        Modalities present in each copy.
+    rows : ndarray of shape (n_copies,)
+        The held-out row each copy comes from (to count distinct rows).
+    n_modalities : int
+
+    Returns
+    -------
+    temperatures : ndarray of shape (n_modalities + 1,)
+        ``temperatures[k]`` for rows with ``k`` modalities present;
+        ``temperatures[0] == 1``.
+    """
+    pooled = fit_temperature(logits, y, weight)
+    out = np.full(n_modalities + 1, pooled)
+    out[0] = 1.0
+    for k in range(1, n_modalities + 1):
+        sel = n_present == k
+        if sel.sum() >= MIN_ROWS and len(np.unique(rows[sel])) >= MIN_DISTINCT:
+            out[k] = fit_temperature(logits[sel], y[sel], weight[sel])
+    return out
+
+
+def temper(output: tuple, temperatures: torch.Tensor) -> tuple:
+    """A network's output tuple with its logits divided by each row's temperature.
+
+    ``output[4]`` is the modality presence mask (:class:`FusionOutput`); the
+    row's temperature is ``temperatures[number of modalities present]``.
+    Only the logits change.
+    """
+    logits, modality_mask = output[0], output[4]
+    count = modality_mask.sum(dim=1).round().long()
+    t = temperatures.to(device=logits.device, dtype=logits.dtype)[count]
+    return (logits / t.unsqueeze(1), *output[1:])
