@@ -188,9 +188,14 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         Temperature scaling fitted after training, on the rows early stopping
         held out (each network of an ensemble on its own held-out rows, its
         logits divided by its own temperatures before the members'
-        probabilities are averaged). Probabilities stay ``softmax(logits /
-        T)``, so they sum to 1, and the ranking of one network's scores does
-        not change.
+        probabilities are averaged). The temperature scales the evidence, not
+        the class prior: probabilities are ``softmax((logits - log π) / T +
+        log π)`` with ``π = calibration_prior_``, the class shares of the
+        training rows, so they sum to 1 and ``T > 1`` moves a row towards
+        what the model would say knowing nothing (the class shares), not
+        towards equal probabilities. With ``"presence"`` rows with
+        different numbers of modalities get different temperatures, so
+        their ranking (AUROC) may change.
 
         - ``"presence"``: one temperature per number of modalities present
           in the row. The held-out rows are copied with their present
@@ -397,6 +402,10 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         With ``calibration`` set: ``temperatures_[m, k]`` divides the logits
         of network ``m`` on rows with ``k`` modalities present
         (``temperatures_[:, 0]`` is 1). None without calibration.
+    calibration_prior_ : ndarray of shape (n_classes,) or None
+        With ``calibration`` set: the class shares of the labelled training
+        rows (weighted by ``sample_weight`` and ``class_weight``) that the
+        temperatures shrink towards. None without calibration.
     n_iter_ : int
         Epochs trained (by the first member, when several).
     net_ : skorch.NeuralNet
@@ -631,6 +640,13 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         # Member 0 uses seed_ itself, so one member trains exactly as before ensembles existed.
         more = np.random.RandomState(self.seed_).randint(np.iinfo(np.int32).max, size=self.n_members_ - 1)
         seeds = [self.seed_, *more]
+        self.calibration_prior_ = None
+        if calibration is not None:
+            weight = dataset.sample_weight.numpy().astype(np.float64)[labeled]
+            shares = np.bincount(y_enc[labeled], weights=weight, minlength=len(self.classes_))
+            # A class without weight would give log 0: its share is floored.
+            shares = np.maximum(shares / shares.sum(), 1e-6)
+            self.calibration_prior_ = shares / shares.sum()
         temperatures: list = []
         members = [
             self._fit_member(dataset, y_enc, labeled, int(seed), aligner, alignment, temperatures)
@@ -715,11 +731,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         out = self._run_module(module, copy_x, torch.as_tensor(copy_mask), temperatures=None)
         logits = out[0].double().cpu().numpy()
         n_present = out[4].sum(dim=1).round().long().cpu().numpy()
+        log_prior = np.log(self.calibration_prior_)
         if self.calibration == "temperature":
-            temperatures = np.full(n_mod + 1, fit_temperature(logits, y, weight))
+            temperatures = np.full(n_mod + 1, fit_temperature(logits, y, weight, log_prior))
             temperatures[0] = 1.0
             return temperatures
-        return fit_temperatures(logits, y[copies], weight[copies], n_present, copies, n_mod)
+        return fit_temperatures(logits, y[copies], weight[copies], n_present, copies, n_mod, log_prior)
 
     def _run_module(self, module, x: torch.Tensor, mask: torch.Tensor, temperatures="fitted") -> tuple:
         """The output tuple of the network ``module`` (evaluation mode) on ``x``, in batches.
@@ -731,6 +748,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         """
         if isinstance(temperatures, str):
             temperatures = getattr(self, "temperatures_", None)
+        if temperatures is not None:
+            log_prior = torch.as_tensor(np.log(self.calibration_prior_))
         parameter = next(module.parameters())
         was_training = module.training
         module.eval()
@@ -747,7 +766,8 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                         out = module(xb, mb)
                     else:
                         tempered = [
-                            temper(member(xb, mb), torch.as_tensor(t)) for member, t in zip(members, temperatures)
+                            temper(member(xb, mb), torch.as_tensor(t), log_prior)
+                            for member, t in zip(members, temperatures)
                         ]
                         out = FusionEnsemble.combine(tempered) if ensemble else tempered[0]
                     parts.append(tuple(field.cpu() for field in out[:5]))
@@ -859,7 +879,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
                 CalibrationWarning,
                 stacklevel=2,
             )
-            self.temperatures_ = None
+            self.temperatures_ = self.calibration_prior_ = None
         if first:
             self._fit_preprocessing(X, y_enc)
             self._fit_pattern_prior(X, y_enc)
@@ -870,7 +890,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             self.net_.initialize()
             self.n_iter_ = 0
             self.n_unlabeled_ = 0
-            self.temperatures_ = None
+            self.temperatures_ = self.calibration_prior_ = None
         dataset = self._dataset(X, y_enc, sample_weight)
         self.net_.partial_fit(dataset, None, epochs=1)
         self.n_iter_ += 1
