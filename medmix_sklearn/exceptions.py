@@ -61,4 +61,4 @@ class NumericCoercionWarning(UserWarning):
 
 
 class CalibrationWarning(UserWarning):
-    """Temperatures could not be fitted, or were dropped (``MedMIXClassifier(calibration=...)``)."""
+    """A classifier's fitted temperatures (``MedMIXClassifier(calibration=...)``) were dropped."""

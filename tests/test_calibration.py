@@ -32,7 +32,7 @@ def _data(n, seed, signal=0.35):
 @pytest.fixture(scope="module")
 def pair():
     X, y = _data(600, 0)
-    plain = MedMIXClassifier(**SETTINGS).fit(X, y)
+    plain = MedMIXClassifier(**SETTINGS, calibration=None).fit(X, y)
     calibrated = MedMIXClassifier(**SETTINGS, calibration="presence").fit(X, y)
     X_test, y_test = _data(1500, 1)
     return plain, calibrated, X, y, X_test, y_test
@@ -57,9 +57,9 @@ def test_presence_temperatures_lower_the_ece_when_modalities_go_missing(pair):
 def test_temperatures_grow_as_modalities_go(pair):
     _, calibrated, *_ = pair
     t = calibrated.temperatures_
-    assert t.shape == (1, 4)  # one network; 0..3 modalities present
-    assert t[0, 0] == 1.0  # nothing present: the learned prior, never scaled
-    assert t[0, 1] > 1.0 and t[0, 1] > t[0, 2] > t[0, 3]
+    assert t.shape == (4,)  # 0..3 modalities present
+    assert t[0] == 1.0  # nothing present: the learned prior, never scaled
+    assert t[1] > 1.0 and t[1] > t[2] > t[3]
 
 
 def test_same_weights_same_ranking_and_probabilities_that_sum_to_one(pair):
@@ -99,8 +99,10 @@ def test_partial_fit_drops_the_temperatures(pair):
     with pytest.warns(CalibrationWarning, match="drops them"):
         model.partial_fit(X, y)
     assert model.temperatures_ is None and model.calibration_prior_ is None
-    with pytest.warns(CalibrationWarning, match="holds out no rows"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)  # from scratch: uncalibrated, as documented
         fresh = MedMIXClassifier(**SETTINGS, calibration="presence").partial_fit(X, y)
+        fresh.partial_fit(X, y)
     assert fresh.temperatures_ is None
 
 
@@ -108,42 +110,51 @@ def test_single_temperature_is_shared_by_every_count():
     X, y = _data(300, 2)
     clf = MedMIXClassifier(**{**SETTINGS, "max_epochs": 5}, calibration="temperature").fit(X, y)
     t = clf.temperatures_
-    assert t.shape == (1, 4) and t[0, 0] == 1.0
-    assert np.all(t[0, 1:] == t[0, 1]) and t[0, 1] != 1.0
+    assert t.shape == (4,) and t[0] == 1.0
+    assert np.all(t[1:] == t[1]) and t[1] != 1.0
 
 
-def test_ensemble_members_are_tempered_before_averaging(tmp_path):
+def test_ensemble_members_are_tempered_before_averaging(tmp_path, monkeypatch):
     X, y = _data(300, 3)
+    fitted_on = []
+    original = MedMIXClassifier._fit_temperatures
+    monkeypatch.setattr(MedMIXClassifier, "_fit_temperatures",
+                        lambda self, held_out: fitted_on.append(held_out) or original(self, held_out))
     clf = MedMIXClassifier(**{**SETTINGS, "max_epochs": 8, "n_members": 3}, calibration="presence").fit(X, y)
     t = clf.temperatures_
-    assert t.shape == (3, 4)
-    assert not np.allclose(t[0], t[1])  # each member on its own held-out rows
+    assert t.shape == (4,) and not np.allclose(t, 1.0)
+    # Fitted once, on every member's held-out rows (30 each), copied with modalities blanked.
+    (held_out,) = fitted_on
+    assert len(held_out) == 3
+    assert [len(np.unique(part["rows"])) for part in held_out] == [30, 30, 30]
+    assert len({tuple(np.unique(part["rows"])) for part in held_out}) == 3  # each member its own split
     X_gone = _amputed(X, y, 0.5)
     x, mask = clf._prepare(X_gone.to_numpy())
     x, mask = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(mask)
     log_prior = torch.as_tensor(np.log(clf.calibration_prior_))
     expected = []
     with torch.no_grad():
-        for member, temperatures in zip(clf.net_.module_.members, t):
+        for member in clf.net_.module_.members:
             out = member.double().eval()(x, mask)
             count = out[4].sum(dim=1).round().long().numpy()
-            tempered = (out[0] - log_prior) / torch.as_tensor(temperatures[count])[:, None] + log_prior
+            tempered = (out[0] - log_prior) / torch.as_tensor(t[count])[:, None] + log_prior
             expected.append(torch.softmax(tempered, 1).numpy())
     np.testing.assert_allclose(clf.predict_proba(X_gone), np.mean(expected, axis=0), rtol=1e-7, atol=1e-10)
     save_model(clf, tmp_path / "e.medmix")
     np.testing.assert_array_equal(load_model(tmp_path / "e.medmix").predict_proba(X_gone), clf.predict_proba(X_gone))
 
 
-def test_calibration_needs_held_out_rows():
+def test_without_held_out_rows_nothing_is_calibrated():
     X, y = _data(60, 4)
-    with pytest.raises(ValueError, match="early_stopping=False holds out none"):
-        MedMIXClassifier(calibration="presence", early_stopping=False, max_epochs=1).fit(X, y)
-    # Too few rows for a stratified split: no temperatures, said so.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        with pytest.warns(CalibrationWarning, match="stay 1"):
-            clf = MedMIXClassifier(calibration="presence", max_epochs=1, n_members=1).fit(X.iloc[:8], [0, 1] * 4)
-    np.testing.assert_array_equal(clf.temperatures_, np.ones((1, 4)))
+        warnings.simplefilter("error", CalibrationWarning)
+        clf = MedMIXClassifier(calibration="presence", early_stopping=False, max_epochs=1, n_members=1).fit(X, y)
+    assert clf.temperatures_ is None
+    # Too few rows for a stratified split: fit warns about the split and does not calibrate.
+    with pytest.warns(UserWarning, match="stratified validation split"):
+        clf = MedMIXClassifier(calibration="presence", max_epochs=1, n_members=1).fit(X.iloc[:8], [0, 1] * 4)
+    assert clf.temperatures_ is None
+    np.testing.assert_allclose(clf.predict_proba(X).sum(axis=1), 1.0)
 
 
 def test_calibration_prior_is_the_weighted_class_shares():
@@ -154,7 +165,7 @@ def test_calibration_prior_is_the_weighted_class_shares():
     balanced = MedMIXClassifier(max_epochs=2, calibration="temperature", class_weight="balanced",
                                 random_state=0).fit(X, y)
     np.testing.assert_allclose(balanced.calibration_prior_, [0.5, 0.5])
-    assert MedMIXClassifier(max_epochs=2, random_state=0).fit(X, y).calibration_prior_ is None
+    assert MedMIXClassifier(max_epochs=2, random_state=0, calibration=None).fit(X, y).calibration_prior_ is None
 
 
 def test_tempering_moves_towards_the_class_shares_not_equal_probabilities():
@@ -179,11 +190,19 @@ def test_fit_temperature_recovers_a_known_overconfidence():
     y = np.array([rng.choice(3, p=p) for p in proba])
     assert fit_temperature(3.0 * true_logits, y) == pytest.approx(3.0, rel=0.1)
     assert fit_temperature(0.5 * true_logits, y) == pytest.approx(0.5, rel=0.1)
-    # Per count: a count with too few copies gets the pooled temperature.
-    n_present = np.where(np.arange(4000) < 3990, 2, 1)
+    # Per count: a count with too few distinct rows gets the pooled temperature.
+    n_present = np.where(np.arange(4000) < 3985, 2, 1)
     t = fit_temperatures(3.0 * true_logits, y, np.ones(4000), n_present, np.arange(4000), 2)
     assert t[0] == 1.0 and t[2] == pytest.approx(3.0, rel=0.1)
     assert t[1] == fit_temperature(3.0 * true_logits, y)
+    # ... and so does a count with many rows but fewer than 5 of some class.
+    n_present = np.where(y == 2, 2, 1)
+    n_present[np.flatnonzero(y == 2)[:3]] = 1  # count 1 holds 3 rows of class 2
+    t = fit_temperatures(3.0 * true_logits, y, np.ones(4000), n_present, np.arange(4000), 2)
+    assert t[1] == fit_temperature(3.0 * true_logits, y)
+    # Too few rows in all: no scaling.
+    t = fit_temperatures(3.0 * true_logits[:12], y[:12], np.ones(12), np.ones(12), np.arange(12), 2)
+    np.testing.assert_array_equal(t, np.ones(3))
 
 
 def test_blanked_copies_keep_a_subset_and_at_least_one():
@@ -198,3 +217,23 @@ def test_blanked_copies_keep_a_subset_and_at_least_one():
     assert keep[has_any].any(axis=1).all() and not keep[~has_any].any()
     counts = np.bincount(keep.sum(axis=1), minlength=5)
     assert (counts[1:4] > 50).all()  # every count of present modalities is seen
+
+
+def test_presence_tempers_what_the_network_reads_into_a_missing_modality():
+    # The label is in the availability pattern only (class 1 rows mostly lack "b"). Blanking
+    # at random on the held-out rows says a missing "b" means nothing, so "presence" pulls
+    # those rows towards the class shares; "temperature" (rows as observed) keeps the signal.
+    rng = np.random.default_rng(0)
+    n = 300
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 4))
+    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
+    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
+    absent = np.isnan(X[:, 2])
+    settings = dict(blocks={"a": [0, 1], "b": [2, 3]}, pattern_prior=True, random_state=0, max_epochs=40,
+                    n_members=1)
+    observed = MedMIXClassifier(**settings, calibration="temperature").fit(X, y).predict_proba(X)[absent, 1]
+    presence = MedMIXClassifier(**settings, calibration="presence").fit(X, y)
+    assert presence.temperatures_[1] > 1.5
+    assert observed.mean() > 0.7
+    assert 0.5 < presence.predict_proba(X)[absent, 1].mean() < observed.mean() - 0.05

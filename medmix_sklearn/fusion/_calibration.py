@@ -31,9 +31,18 @@ present modalities and fitting it on blanked copies are this library's.)
 
 Every temperature minimises the (sample-weighted) negative log-likelihood
 of the held-out labels, over ``log T`` in ``[log 0.05, log 20]``. A count
-with fewer than :data:`MIN_ROWS` copies (or :data:`MIN_DISTINCT` distinct
-held-out rows) gets the temperature fitted on all copies together; a row
-with no modality present (the network's learned prior) is never scaled.
+whose copies come from fewer than :data:`MIN_DISTINCT` distinct held-out
+rows, or from fewer than :data:`MIN_PER_CLASS` of some class, gets the
+temperature fitted on all copies together (itself 1 when the copies miss
+that many rows of some class), and every count's own temperature is pulled
+towards that pooled one by a Gaussian prior on ``log T`` (standard
+deviation :data:`PRIOR_SD`, weighed against the NLL of the count's distinct
+held-out rows), so that a count seen on few rows or few events cannot get
+an extreme temperature; a row with no modality present (the network's
+learned prior) is never scaled. The networks of an ensemble share
+one set of temperatures, fitted on all their held-out rows, each scored by
+the network that held it out: a member alone holds out too few rows on the
+small data ensembles are for (a few events).
 
 Pure numpy and torch; no scikit-learn estimator here.
 """
@@ -48,9 +57,11 @@ from scipy.optimize import minimize_scalar
 
 #: The values of MedMIXClassifier's ``calibration`` parameter (None: off).
 CALIBRATIONS = ("temperature", "presence")
-#: Fewest copies, and distinct held-out rows, to fit a count's own temperature.
-MIN_ROWS = 30
-MIN_DISTINCT = 10
+#: Fewest distinct held-out rows, in all and of every class, to fit a temperature.
+MIN_DISTINCT = 20
+MIN_PER_CLASS = 5
+#: Standard deviation of the prior on a count's log temperature, around the pooled one.
+PRIOR_SD = 0.5
 #: Copies of the held-out rows with modalities blanked ("presence"), at most
 #: MAX_COPIES per row and about MAX_TOTAL in all.
 MAX_COPIES = 20
@@ -99,7 +110,13 @@ def n_copies_for(n_rows: int) -> int:
 
 
 def fit_temperature(
-    logits: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, log_prior: np.ndarray | None = None
+    logits: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray | None = None,
+    log_prior: np.ndarray | None = None,
+    *,
+    center: float = 1.0,
+    n_rows: float | None = None,
 ) -> float:
     """The temperature minimising the weighted NLL of ``softmax((logits - log_prior) / T + log_prior)``.
 
@@ -112,6 +129,12 @@ def fit_temperature(
     log_prior : ndarray of shape (n_classes,), default=None
         Log class shares the tempering moves towards; None: zeros (equal
         probabilities, the classic ``softmax(logits / T)``).
+    center : float, default=1.0
+        Centre of the prior on ``log T`` (used with ``n_rows``).
+    n_rows : float or None, default=None
+        Distinct rows behind the copies: the mean NLL gets the penalty
+        ``(log T - log center)**2 / (2 * PRIOR_SD**2 * n_rows)`` (the prior
+        weighed against that many rows' NLL). None: no prior.
 
     Returns
     -------
@@ -130,11 +153,15 @@ def fit_temperature(
     evidence = logits - prior
     rows = np.arange(len(y))
 
+    penalty = 0.0 if n_rows is None else 1.0 / (2.0 * PRIOR_SD**2 * max(float(n_rows), 1.0))
+    log_center = math.log(center)
+
     def nll(log_t: float) -> float:
         scaled = evidence / math.exp(log_t) + prior
         top = scaled.max(axis=1)
         log_norm = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
-        return float((weight * (log_norm - scaled[rows, y])).sum() / total)
+        mean = float((weight * (log_norm - scaled[rows, y])).sum() / total)
+        return mean + penalty * (log_t - log_center) ** 2
 
     result = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
     return float(math.exp(result.x))
@@ -169,14 +196,25 @@ def fit_temperatures(
         ``temperatures[k]`` for rows with ``k`` modalities present;
         ``temperatures[0] == 1``.
     """
-    pooled = fit_temperature(logits, y, weight, log_prior)
+    everywhere = np.ones(len(y), dtype=bool)
+    pooled = fit_temperature(logits, y, weight, log_prior) if enough_rows(y, rows, everywhere) else 1.0
     out = np.full(n_modalities + 1, pooled)
     out[0] = 1.0
     for k in range(1, n_modalities + 1):
         sel = n_present == k
-        if sel.sum() >= MIN_ROWS and len(np.unique(rows[sel])) >= MIN_DISTINCT:
-            out[k] = fit_temperature(logits[sel], y[sel], weight[sel], log_prior)
+        if enough_rows(y, rows, sel):
+            n_rows = len(np.unique(rows[sel]))
+            out[k] = fit_temperature(logits[sel], y[sel], weight[sel], log_prior, center=pooled, n_rows=n_rows)
     return out
+
+
+def enough_rows(y: np.ndarray, rows: np.ndarray, sel: np.ndarray) -> bool:
+    """Whether the copies ``sel`` come from enough distinct rows, in all and of every class."""
+    pairs = np.unique(np.stack([rows[sel], y[sel]]), axis=1)
+    if pairs.shape[1] < MIN_DISTINCT:
+        return False
+    per_class = np.bincount(pairs[1], minlength=int(y.max()) + 1 if len(y) else 0)
+    return bool(per_class.min() >= MIN_PER_CLASS) if len(per_class) else False
 
 
 def temper(output: tuple, temperatures: torch.Tensor, log_prior: torch.Tensor) -> tuple:
