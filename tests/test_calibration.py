@@ -237,3 +237,15 @@ def test_presence_tempers_what_the_network_reads_into_a_missing_modality():
     assert presence.temperatures_[1] > 1.5
     assert observed.mean() > 0.7
     assert 0.5 < presence.predict_proba(X)[absent, 1].mean() < observed.mean() - 0.05
+
+
+def test_a_model_saved_before_calibration_existed_loads_uncalibrated(pair):
+    plain, calibrated, _, _, X_test, y_test = pair
+    state = dict(calibrated.__getstate__())
+    for key in ("calibration", "temperatures_", "calibration_prior_"):
+        state.pop(key)
+    old = MedMIXClassifier.__new__(MedMIXClassifier)
+    old.__setstate__(state)
+    assert old.get_params()["calibration"] is None
+    X_gone = _amputed(X_test, y_test, 0.5)
+    np.testing.assert_array_equal(old.predict_proba(X_gone), plain.predict_proba(X_gone))

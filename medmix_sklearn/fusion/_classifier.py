@@ -979,6 +979,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state = dict(state)
+        # A model saved before calibration existed was not calibrated.
+        if "classes_" in state and "calibration" not in state:
+            state["calibration"] = None
         runs = state.pop("_feature_name_runs", None)
         if runs is not None:
             state["feature_names_in_"] = _names_from_runs(runs)
