@@ -83,17 +83,21 @@ from _baselines import make_logistic  # noqa: E402
 from _common import machine_description  # noqa: E402
 
 # seeds per labelled size; "all" = every training row labelled.
+# control_seeds: fewer seeds for the two controls at these sizes (the targets do not need them).
 FULL = dict(openi_rows=None, gen_n=800, cost_repeats=20,
-            openi_seeds={300: 10, "all": 10, 100: 3, 1000: 3}, tried_seeds=3,
-            gen_seeds={100: 3, "all": 3}, first_seeds=2)
+            openi_seeds={300: 10, "all": 10, 100: 3, 1000: 3}, control_seeds={"all": 3}, tried_seeds=3,
+            gen_seeds={100: 3, "all": 3})
 QUICK = dict(openi_rows=800, gen_n=200, cost_repeats=5,
              openi_seeds={100: 1, "all": 1}, tried_seeds=1, gen_seeds={50: 1})
 LAB_COLUMNS = ["wbc", "crp", "heart_rate", "temperature", "spo2"]
 TEACHER_PREFIX = "teacher__"
 MAIN_METHODS = ("none", "auto", "shuffled", "self")
+CONTROLS = ("shuffled", "self")
+#: On the generator's settings: no controls, but the teachers that read the student columns too.
+GEN_METHODS = ("none", "auto", "auto_calibrated", "auto_platt", "distill_all", "previous_auto")
 BOUNDS = ("oracle",)
 TRIED_METHODS = ("auto_w1", "auto_w10", "auto_labelled_stop", "distill_all", "previous_auto", "align_auto",
-                 "contrastive_auto", "pseudo", "oracle")
+                 "contrastive_auto", "auto_calibrated", "auto_platt", "pseudo", "oracle")
 LABELS = {
     "none": "no teacher (labelled rows only)",
     "auto": "teacher='auto' + unlabelled rows",
@@ -106,6 +110,8 @@ LABELS = {
     "previous_auto": "previous auto: ('align', teacher on all columns), labelled stop",
     "align_auto": "('align', auto's teacher)",
     "contrastive_auto": "('contrastive', auto's teacher)",
+    "auto_calibrated": "auto's teacher Platt-calibrated (inner 5-fold CV)",
+    "auto_platt": "auto, soft labels Platt-scaled on the teacher's out-of-fold probabilities",
     "pseudo": "bound: no teacher, unlabelled rows given the teacher's hard labels",
     "oracle": "bound: auto's path, unlabelled rows given their true labels as soft labels",
 }
@@ -116,15 +122,24 @@ def make_teacher():
     return make_logistic(C=0.1, max_iter=1000)
 
 
-def privileged_teacher(n_student_columns):
-    """``teacher='auto'``'s teacher as an estimator: the teacher columns only (they come last)."""
+def privileged_teacher(n_student_columns, calibrated=False):
+    """``teacher='auto'``'s teacher as an estimator: the teacher columns only (they come last).
+
+    ``calibrated``: its probabilities Platt-scaled (``CalibratedClassifierCV``, sigmoid, 5 inner
+    folds), so that a teacher that ranks poorly gives soft labels near the class prior instead
+    of confident wrong ones.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
     from medmix_sklearn.fusion._classifier import _default_teacher
 
     keep = ColumnTransformer([("teacher", "passthrough", slice(n_student_columns, None))])
-    return Pipeline([("teacher_columns", keep), ("model", _default_teacher())])
+    model = _default_teacher()
+    if calibrated:
+        model = CalibratedClassifierCV(model, method="sigmoid", cv=5)
+    return Pipeline([("teacher_columns", keep), ("model", model)])
 
 
 class _OracleTeacher(ClassifierMixin, BaseEstimator):
@@ -151,6 +166,17 @@ def _labelled_stop_classifier():
             return super()._validation_split(y_enc, labeled, None)
 
     return LabelledStop
+
+
+def _platt_classifier():
+    """MedMIXClassifier whose cross-fitted soft labels are Platt-scaled (``_calibrate_teacher``)."""
+    from medmix_sklearn import MedMIXClassifier
+
+    class PlattTeacher(MedMIXClassifier):
+        def _calibrate_teacher(self):
+            return True
+
+    return PlattTeacher
 
 
 # -- data --------------------------------------------------------------------------------
@@ -292,6 +318,35 @@ def self_teacher(X: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([students, copies], axis=1)
 
 
+def teacher_quality(Z: pd.DataFrame, y, train, test, labelled, seed) -> dict:
+    """How good auto's teacher is in this cell, next to the same logistic on the student columns.
+
+    Both are fitted on the labelled training rows and scored on the test rows (whose teacher
+    blocks exist in the block matrix, though no fit sees them); ``teacher_oof_logloss`` is the
+    log loss of the teacher's out-of-fold probabilities on the labelled rows (5 folds, what
+    ``fit`` distils), against ``prior_logloss``, that of predicting the class frequencies.
+    """
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from medmix_sklearn.fusion._classifier import _default_teacher
+
+    teacher_cols = [c for c in Z.columns if c.startswith(TEACHER_PREFIX)]
+    student_cols = [c for c in Z.columns if not c.startswith(TEACHER_PREFIX)]
+    out = {}
+    for name, cols in (("teacher", teacher_cols), ("student_logistic", student_cols)):
+        M = Z[cols].to_numpy()
+        model = _default_teacher().fit(M[labelled], y[labelled])
+        out[f"{name}_test_auroc"] = float(roc_auc_score(y[test], model.predict_proba(M[test])[:, 1]))
+        if name == "teacher":
+            cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+            oof = cross_val_predict(_default_teacher(), M[labelled], y[labelled], cv=cv, method="predict_proba")
+            out["teacher_oof_logloss"] = float(log_loss(y[labelled], oof))
+            prior = np.full(len(labelled), np.mean(y[labelled]))
+            out["prior_logloss"] = float(log_loss(y[labelled], np.column_stack([1 - prior, prior])))
+    return out
+
+
 def run_task(setting, n, seed, method) -> dict:
     import torch
 
@@ -314,13 +369,16 @@ def run_task(setting, n, seed, method) -> dict:
         X_test[TEACHER_PREFIX + "oracle__y"] = np.nan
     X_test[[c for c in X_test.columns if c.startswith(TEACHER_PREFIX)]] = np.nan  # what transform writes
     n_student = sum(not c.startswith(TEACHER_PREFIX) for c in X_train.columns)
-    teacher = {"auto": "auto", "shuffled": "auto", "self": "auto", "auto_labelled_stop": "auto",
+    teacher = {"auto": "auto", "shuffled": "auto", "self": "auto", "auto_labelled_stop": "auto", "auto_platt": "auto",
                "auto_w1": "auto", "auto_w10": "auto",
                "distill_all": make_teacher(), "previous_auto": ("align", make_teacher()),
                "align_auto": ("align", privileged_teacher(n_student)),
                "contrastive_auto": ("contrastive", privileged_teacher(n_student)),
+               "auto_calibrated": privileged_teacher(n_student, calibrated=True),
                "oracle": _OracleTeacher()}.get(method)
     estimator = _labelled_stop_classifier() if method in ("auto_labelled_stop", "previous_auto") else MedMIXClassifier
+    if method == "auto_platt":
+        estimator = _platt_classifier()
     extra = {}
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -328,6 +386,7 @@ def run_task(setting, n, seed, method) -> dict:
         if method == "none":
             keep = y_train != -1
             model = MedMIXClassifier(random_state=seed).fit(X_train[keep], y_train[keep])
+            extra = teacher_quality(Z, y, train, test, labelled, seed)
         elif method == "pseudo":
             # The pseudo-labelling bound: auto's teacher fitted on the labelled rows labels the
             # others (hard labels), and the student trains on every row as if all were labelled.
@@ -358,24 +417,33 @@ def run_task(setting, n, seed, method) -> dict:
 
 
 def tasks_for(settings, ns=None, tried=True) -> list[tuple]:
-    """(setting, n, seed, method) in priority order, so that a budget cut keeps whole cells.
+    """(setting, n, seed, method) in priority order, so that a budget cut keeps whole seeds.
 
-    First every cell's first seeds (``first_seeds``), seed by seed; then the
-    remaining seeds of each cell, seed by seed (the OpenI cells of the targets,
-    n=300 and n=all, have the most).
+    First the cells of the targets (OpenI n=300 with both controls, n=all
+    with and without teacher), seed by seed over all their seeds; then every
+    other cell, seed by seed.
     """
-    cells = [("openi", n, k, MAIN_METHODS) for n, k in settings["openi_seeds"].items()
-             if ns is None or str(n) in ns]
+    cells = []
+    for n, k in settings["openi_seeds"].items():
+        if ns is None or str(n) in ns:
+            k_controls = settings.get("control_seeds", {}).get(n, k)
+            if k_controls == k:
+                cells.append(("openi", n, k, MAIN_METHODS))
+            else:
+                cells += [("openi", n, k, tuple(m for m in MAIN_METHODS if m not in CONTROLS)),
+                          ("openi", n, k_controls, CONTROLS)]
     n_tried = 300 if 300 in settings["openi_seeds"] else next(iter(settings["openi_seeds"]))
     if tried:
         cells.append(("openi", n_tried, settings["tried_seeds"], TRIED_METHODS))
     for key in ("gen_large_small", "gen_weak_student"):
-        cells += [(key, n, k, ("none", "auto")) for n, k in settings["gen_seeds"].items()]
-    first = settings.get("first_seeds", 1)
+        cells += [(key, n, k, GEN_METHODS) for n, k in settings["gen_seeds"].items()]
+    core = [c for c in cells if c[0] == "openi" and str(c[1]) in ("300", "all")
+            and set(c[3]) & {"none", "auto"} and c[2] == max(k for _, _, k, _ in cells)]
+    rest = [c for c in cells if c not in core]
     out = []
-    for lo, hi in ((0, first), (first, max(k for _, _, k, _ in cells))):
-        for seed in range(lo, hi):
-            for setting, n, k, methods in cells:
+    for group in (core, rest):
+        for seed in range(max((k for _, _, k, _ in group), default=0)):
+            for setting, n, k, methods in group:
                 if seed < k:
                     out += [(setting, n, seed, m) for m in methods]
     return out
@@ -643,26 +711,41 @@ def reading(doc: dict) -> list[str]:
         for n, t in summary.get(key, {}).items():
             if "auto" in t and "none" in t:
                 others = "".join(
-                    f"; {LABELS[m]} minus none {_fmt(_d(t, m))}" for m in ("previous_auto", "distill_all") if m in t
+                    f"; {LABELS[m]} minus none {_fmt(_d(t, m))}"
+                    for m in ("auto_calibrated", "auto_platt", "previous_auto", "distill_all") if m in t
                 )
                 lines.append(f"- {key} n={n}: none {t['none']['auroc_mean']:.3f}, auto "
                              f"{t['auto']['auroc_mean']:.3f}; auto minus none {_fmt(_d(t, 'auto'))}{others}.")
     if any(k.startswith("gen_") for k in summary):
         lines.append(
-            "- The generator settings do not follow OpenI. There the teacher blocks (findings and "
-            "impression) say far more than the student's inputs; in the large-small setting the teacher "
-            "block is a second image model while the student also has the text, labs and demographics, so "
-            "a teacher on the teacher columns alone can be weaker than the student (its own AUROC was not "
-            "measured there), and its soft labels then pull the student down" + (
-                "; the teachers that read the student columns too (the previous auto, a logistic "
-                "teacher on all columns) are compared above on the same seeds. "
-                if any("previous_auto" in t for k, c in summary.items() if k.startswith("gen_") for t in c.values())
-                else ". "
-            ) + "`auto`'s choice of "
-            "inputs fits data whose privileged blocks dominate, like OpenI's reports; choosing the "
-            "teacher's inputs from the data (e.g. by out-of-fold loss) is left open."
+            "- The generator settings are not OpenI. There the teacher blocks (findings and impression) "
+            "say far more than the student's inputs; on the generator the teacher block is a second image "
+            "model (large-small) or the image and report (weak student), and the teacher-quality lines "
+            "below give how well a logistic on those columns predicts the label compared with one on the "
+            "student's columns. A teacher whose out-of-fold log loss is above that of the class "
+            "frequencies hands the student confident soft labels that are wrong more often than chance "
+            "would make them; `auto_calibrated` (auto's teacher Platt-scaled by an inner 5-fold CV, "
+            "so a teacher that ranks poorly gives soft labels near the prior) is compared on the same seeds."
         )
+    lines += teacher_quality_lines(frame)
     lines += [""] + diagnosis(doc)
+    return lines
+
+
+def teacher_quality_lines(frame: pd.DataFrame) -> list[str]:
+    """The teacher's own quality per cell (recorded with the ``none`` fits), as sentences."""
+    if frame.empty or "teacher_test_auroc" not in frame:
+        return []
+    rows = frame[(frame.method == "none") & frame.teacher_test_auroc.notna()]
+    lines = []
+    for (setting, n), cell in rows.groupby(["setting", rows.n.astype(str)], sort=False):
+        lines.append(
+            f"- Teacher quality, {setting} n={n} ({len(cell)} seeds): auto's teacher (the logistic on the "
+            f"teacher columns, fitted on the labelled rows) scores {cell.teacher_test_auroc.mean():.3f} "
+            f"test AUROC, the same logistic on the student columns {cell.student_logistic_test_auroc.mean():.3f}; "
+            f"the teacher's out-of-fold log loss on the labelled rows is {cell.teacher_oof_logloss.mean():.3f} "
+            f"(predicting the class frequencies: {cell.prior_logloss.mean():.3f})."
+        )
     return lines
 
 
@@ -719,6 +802,10 @@ def diagnosis(doc: dict) -> list[str]:
         f"`distill_weight * T^2`: at weight 1 and T=2 an unlabelled row counts about 0.4 times a labelled "
         f"one, at weight 3 about as much. Auto with weight 1 minus auto (weight 3): {said('auto_w1')}; "
         f"with weight 10: {said('auto_w10')}.",
+        f"- Calibrating the teacher. Auto's teacher Platt-scaled by an inner 5-fold CV, minus auto: "
+        f"{said('auto_calibrated')}; auto's own out-of-fold soft labels Platt-scaled (slope and bias "
+        f"fitted on the labelled rows' out-of-fold probabilities, applied to every row), minus auto: "
+        f"{said('auto_platt')}.",
         f"- Alignment on top. ('align', auto's teacher) minus auto: {said('align_auto')}; ('contrastive', "
         f"auto's teacher) minus auto: {said('contrastive_auto')}.",
         f"- The previous `auto` (('align', logistic teacher on all columns), weight 1, labelled-only early "
@@ -1001,7 +1088,11 @@ def main(argv=None) -> dict:
     summary = summarise(rows)
     cost_doc = None
     if not args.no_cost:
-        cost_doc = cost(settings["openi_rows"], cache_dir, settings["cost_repeats"])
+        if args.reuse_data:  # the classifier's cost on the reused blocks (no embedder to time)
+            cost_doc = cost_blocks(data_path, settings["cost_repeats"])
+        else:
+            cost_doc = cost(settings["openi_rows"], cache_dir, settings["cost_repeats"])
+        cost_doc["command"] = command
         log(f"cost ratios: {cost_doc['ratios_with_over_without']}")
     doc = {
         "meta": {"command": command, "date": dt.datetime.now().isoformat(timespec="seconds"),

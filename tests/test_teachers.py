@@ -733,3 +733,89 @@ def test_semi_supervised_early_stopping_watches_teacher_labelled_rows(data, monk
     assert (~seen["labeled"][seen["valid"]]).sum() > 0  # a soft-label teacher: unlabelled rows held out
     MedMIXClassifier(teacher="align", unlabeled_value=-1, **FAST).fit(X, ys)
     assert seen["labeled"][seen["valid"]].all()  # alignment only: labelled rows only
+
+
+# -- Platt scaling of the cross-fitted soft labels -----------------------------------
+def test_fit_platt_is_platt_scaling_for_two_classes():
+    from medmix_sklearn.fusion._classifier import _apply_platt, _fit_platt
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    score = rng.normal(size=600) + y
+    p1 = 1 / (1 + np.exp(-6 * (score - 0.5)))  # ranks well, far too confident
+    proba = np.column_stack([1 - p1, p1])
+    slope, bias = _fit_platt(proba, y, np.ones(len(y)))
+    logit = np.log(p1 / (1 - p1))[:, None]
+    reference = LogisticRegression(C=1e8, max_iter=1000).fit(logit, y)
+    assert slope == pytest.approx(reference.coef_[0, 0], rel=1e-3)
+    assert bias[0] == 0.0 and bias[1] == pytest.approx(reference.intercept_[0], abs=1e-3)
+    scaled = _apply_platt(proba, slope, bias)
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+    # Softened (slope < 1), the ranking kept, the log loss lower.
+    assert slope < 1.0
+    assert np.all(np.diff(scaled[np.argsort(p1), 1]) >= -1e-12)
+
+    def loss(p):
+        return -np.mean(np.log(p[np.arange(len(y)), y]))
+
+    assert loss(scaled) < loss(proba)
+
+
+def test_fit_platt_sends_a_chance_teacher_to_the_class_frequencies():
+    from medmix_sklearn.fusion._classifier import _apply_platt, _fit_platt
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(800) < 0.3).astype(int)
+    noise = rng.uniform(0.02, 0.98, 800)  # confident and unrelated to y
+    slope, bias = _fit_platt(np.column_stack([1 - noise, noise]), y, np.ones(800))
+    assert slope < 0.05
+    scaled = _apply_platt(np.column_stack([1 - noise, noise]), slope, bias)
+    np.testing.assert_allclose(scaled[:, 1], y.mean(), atol=0.03)
+    # Weights count: the weighted class frequency is the target then.
+    w = np.where(y == 1, 3.0, 1.0)
+    slope_w, bias_w = _fit_platt(np.column_stack([1 - noise, noise]), y, w)
+    expected = np.sum(w * y) / np.sum(w)
+    np.testing.assert_allclose(_apply_platt(np.column_stack([1 - noise, noise]), slope_w, bias_w)[:, 1],
+                               expected, atol=0.03)
+
+
+def test_fit_platt_three_classes():
+    from medmix_sklearn.fusion._classifier import _apply_platt, _fit_platt
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 500)
+    logits = rng.normal(size=(500, 3))
+    logits[np.arange(500), y] += 1.0
+    proba = np.exp(4 * logits)  # overconfident
+    proba /= proba.sum(axis=1, keepdims=True)
+    slope, bias = _fit_platt(proba, y, np.ones(500))
+    assert 0 < slope < 1 and bias.shape == (3,) and bias[0] == 0.0
+    scaled = _apply_platt(proba, slope, bias)
+    np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+    assert -np.mean(np.log(scaled[np.arange(500), y])) < -np.mean(np.log(proba[np.arange(500), y]))
+
+
+def test_calibrate_teacher_hook_platt_scales_the_cross_fitted_soft_labels(data):
+    from medmix_sklearn.fusion._classifier import _apply_platt, _fit_platt
+
+    X, y = data
+    ys = semi(y)
+    labeled = ys != -1
+    y_enc = np.where(labeled, ys, 0)
+    weights = np.ones(len(y))
+
+    class Scaled(MedMIXClassifier):
+        def _calibrate_teacher(self):
+            return True
+
+    plain_clf = MedMIXClassifier(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
+    scaled_clf = Scaled(teacher="auto", unlabeled_value=-1, **FAST).fit(X, ys)
+    assert not plain_clf._calibrate_teacher()
+    raw = plain_clf._cross_fit_teacher(_default_teacher(), X.to_numpy(), y_enc, weights, labeled)
+    scaled = scaled_clf._cross_fit_teacher(_default_teacher(), X.to_numpy(), y_enc, weights, labeled)
+    expected = _apply_platt(raw, *_fit_platt(raw[labeled], y_enc[labeled], weights[labeled]))
+    np.testing.assert_allclose(scaled, expected, atol=1e-10)
+    assert not np.allclose(scaled, raw, atol=1e-3)
+    # Monotone per row in the teacher's probability of class 1: the teacher's ranking is kept.
+    order = np.argsort(raw[:, 1])
+    assert np.all(np.diff(scaled[order, 1]) >= -1e-9)

@@ -1384,7 +1384,18 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             )
         if len(unlabeled):
             proba[unlabeled] /= n_folds
+        if self._calibrate_teacher():
+            slope, bias = _fit_platt(proba[rows], y_lab, w_lab)
+            proba = _apply_platt(proba, slope, bias)
         return proba
+
+    def _calibrate_teacher(self) -> bool:
+        """Whether the cross-fitted probabilities are Platt-scaled before distillation.
+
+        Off: the teacher's probabilities are distilled as they are. (A hook for
+        benchmarks/bench_teachers.py, which measures the scaling.)
+        """
+        return False
 
     def _class_weights(self, y_enc: np.ndarray) -> np.ndarray | None:
         """Per-class weights in the order of ``classes_`` (None without class_weight)."""
@@ -1657,6 +1668,49 @@ def _names_from_runs(runs: list) -> np.ndarray:
         else:
             names.append(item)
     return np.asarray(names, dtype=object)
+
+
+def _fit_platt(proba: np.ndarray, y_enc: np.ndarray, weight: np.ndarray) -> tuple[float, np.ndarray]:
+    """Slope ``a >= 0`` and class biases ``b`` (``b[0] = 0``) of ``softmax(a * log(p) + b)``.
+
+    Fitted by weighted log loss on out-of-fold probabilities ``proba`` of
+    labelled rows with encoded labels ``y_enc``: Platt scaling for two
+    classes, its temperature-and-bias form for more. A teacher that ranks
+    no better than chance gets ``a`` near 0 and probabilities near the class
+    frequencies; an overconfident one is softened, an underconfident one
+    sharpened.
+    """
+    from scipy.optimize import minimize
+
+    log_p = np.log(np.clip(proba, 1e-12, 1.0))
+    n_classes = proba.shape[1]
+    onehot = np.eye(n_classes)[y_enc]
+    w = weight / weight.sum()
+
+    def loss(theta):
+        z = theta[0] * log_p
+        z[:, 1:] += theta[1:]
+        z -= z.max(axis=1, keepdims=True)
+        q = np.exp(z)
+        q /= q.sum(axis=1, keepdims=True)
+        value = -np.sum(w * np.log(np.clip(np.sum(q * onehot, axis=1), 1e-300, None)))
+        residual = w[:, None] * (q - onehot)
+        grad = np.concatenate([[np.sum(residual * log_p)], residual[:, 1:].sum(axis=0)])
+        return value, grad
+
+    theta0 = np.zeros(n_classes)
+    theta0[0] = 1.0
+    bounds = [(0.0, 100.0)] + [(None, None)] * (n_classes - 1)
+    theta = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds).x
+    return float(theta[0]), np.concatenate([[0.0], theta[1:]])
+
+
+def _apply_platt(proba: np.ndarray, slope: float, bias: np.ndarray) -> np.ndarray:
+    """``softmax(slope * log(p) + bias)`` row by row."""
+    z = slope * np.log(np.clip(proba, 1e-12, 1.0)) + bias
+    z -= z.max(axis=1, keepdims=True)
+    q = np.exp(z)
+    return q / q.sum(axis=1, keepdims=True)
 
 
 def _default_teacher():
