@@ -44,6 +44,7 @@ VARIANTS = {
     "members5_linear_epc10_width32": (dict(n_members=5, linear_path=True, hidden_dim=32), 1, 10),
     "members5_linear_epc10_width16": (dict(n_members=5, linear_path=True, hidden_dim=16), 1, 10),
     "defaults": ({}, 1, 5),
+    "defaults_uncalibrated": ({"calibration": None}, 1, 5),
 }
 SUBSETS = ["clinical", "clinical+genomics", "clinical+ct", "clinical+mri", "clinical+wsi", ALL]
 
