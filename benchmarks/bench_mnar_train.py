@@ -46,6 +46,12 @@ from sklearn.model_selection import StratifiedKFold  # noqa: E402
 P_GRID = (0.0, 0.25, 0.5, 0.75)
 MODES = ("test", "train_and_test")
 STORE_NAME = "mnar_train_runs.json"
+#: MedMIX variants of this page beyond bench_quality's.
+EXTRA = {
+    "medmix_pattern_prior_uncalibrated": quality.Method(
+        "medmix_pattern_prior_uncalibrated", "medmix", {"pattern_prior": True, "calibration": None},
+        label="MedMIX, pattern_prior=True, calibration=None"),
+}
 PAGE_NAME = "mnar_train.md"
 
 
@@ -206,6 +212,7 @@ def main(argv=None) -> None:
             folds = list(StratifiedKFold(quality.FULL["n_folds"], shuffle=True, random_state=seed)
                          .split(data.X, data.y))
             candidates = {m.name: m for m in quality.methods_for(data, study_everywhere=True)}
+            candidates.update(EXTRA)
             wanted = args.methods.split(",") if args.methods else [*quality.BASELINES, "medmix"]
             unknown = [name for name in wanted if name not in candidates]
             if unknown:
