@@ -80,3 +80,19 @@ def one_torch_thread():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def label_in_pattern():
+    """300 rows whose label is in the availability pattern only.
+
+    Blocks ``a`` (columns 0-1) and ``b`` (2-3) of noise; class 1 rows lack
+    ``b`` with probability 0.8, class 0 rows with probability 0.1.
+    """
+    rng = np.random.default_rng(0)
+    n = 300
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 4))
+    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
+    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
+    return X, y

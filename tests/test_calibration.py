@@ -219,16 +219,11 @@ def test_blanked_copies_keep_a_subset_and_at_least_one():
     assert (counts[1:4] > 50).all()  # every count of present modalities is seen
 
 
-def test_presence_tempers_what_the_network_reads_into_a_missing_modality():
+def test_presence_tempers_what_the_network_reads_into_a_missing_modality(label_in_pattern):
     # The label is in the availability pattern only (class 1 rows mostly lack "b"). Blanking
     # at random on the held-out rows says a missing "b" means nothing, so "presence" pulls
     # those rows towards the class shares; "temperature" (rows as observed) keeps the signal.
-    rng = np.random.default_rng(0)
-    n = 300
-    y = np.arange(n) % 2
-    X = rng.normal(size=(n, 4))
-    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
-    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
+    X, y = label_in_pattern
     absent = np.isnan(X[:, 2])
     settings = dict(blocks={"a": [0, 1], "b": [2, 3]}, pattern_prior=True, random_state=0, max_epochs=40,
                     n_members=1)

@@ -383,14 +383,9 @@ def test_fit_does_not_depend_on_torch_global_rng():
     np.testing.assert_array_equal(a, b)
 
 
-def test_pattern_prior_learns_label_dependent_missingness():
+def test_pattern_prior_learns_label_dependent_missingness(label_in_pattern):
     # The label is in the availability pattern only: class 1 rows lack "b".
-    rng = np.random.default_rng(0)
-    n = 300
-    y = np.arange(n) % 2
-    X = rng.normal(size=(n, 4))
-    X[(y == 1) & (rng.random(n) < 0.8), 2:] = np.nan
-    X[(y == 0) & (rng.random(n) < 0.1), 2:] = np.nan
+    X, y = label_in_pattern
     blocks = {"a": [0, 1], "b": [2, 3]}
     # Uncalibrated: calibration="presence" fits its temperatures on rows whose modalities it
     # blanks at random, which is what tempers a pattern's meaning (tests/test_calibration.py).
