@@ -751,9 +751,9 @@ def reading(doc: dict) -> list[str]:
             "confident soft labels that are wrong more often than such a loss allows. `auto` distils "
             "them and falls below no teacher (figures above). Platt-scaling the teacher (inner CV, "
             "or auto's own out-of-fold probabilities: `_calibrate_teacher`) sends such a teacher's "
-            "soft labels towards the class frequencies and shrinks the losses in most cells, but leaves the "
-            "student's ECE worse and costs a little at OpenI n=300 (diagnosis below), so `auto` does not "
-            "do it. On data like these, pass no teacher (the teachers tried that read the student columns "
+            "soft labels towards the class frequencies and shrinks the losses in most cells, but not to "
+            "zero, and costs a little at OpenI n=300 (diagnosis below), so `auto` does not do it. "
+            "On data like these, pass no teacher (the teachers tried that read the student columns "
             "too came level with it at best)."
         )
         lines.append(
@@ -762,8 +762,8 @@ def reading(doc: dict) -> list[str]:
             "generator's large-small n=100 and 0.721 on OpenI n=300, and `auto` added +0.144 and +0.026; "
             "with the five-network ensemble the student without teacher is stronger where "
             "it was weakest, so a poor teacher (the generator's) now costs more than it saves, while "
-            "OpenI's good teacher still pays at n=300. The cells with one network (n=1000, n=all, the "
-            "generator's n=all) are unchanged, fit for fit."
+            "OpenI's good teacher still pays at n=300. (Every cell, one network or five, is also "
+            "calibrated now: `calibration=\"presence\"`, which the previous page predates.)"
         )
     lines += teacher_quality_lines(frame)
     lines += [""] + diagnosis(doc)
@@ -925,7 +925,8 @@ def report(doc: dict, out: str) -> str:
         "defaults otherwise: where the rarest class has fewer than 200 *labelled* training rows",
         "(OpenI n=100 and n=300, the generator's n=100) that is `n_members=\"auto\"`'s five averaged",
         "networks with a linear path and 32-wide tokens, with and without a teacher; elsewhere one",
-        "64-wide network. The block matrices are those of the earlier run's embedding",
+        "64-wide network; and `calibration=\"presence\"` (temperatures per count of modalities present,",
+        "fitted on the labelled held-out rows) everywhere. The block matrices are those of the earlier run's embedding",
         "(`--reuse-data`: `teachers_data.pkl` in the work folder), so nothing is embedded again.",
         "",
         "Literature this design follows:",
