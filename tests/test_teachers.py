@@ -474,6 +474,13 @@ def semi(y, n_labeled=80, seed=0, value=-1):
     return out
 
 
+def semi_encoded(y):
+    """``semi(y)``, its labelled-row mask, the codes (0 for unlabelled rows) and unit weights."""
+    ys = semi(y)
+    labeled = ys != -1
+    return ys, labeled, np.where(labeled, ys, 0), np.ones(len(y))
+
+
 def test_unlabelled_rows_get_no_supervised_gradient():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 2, generator=g, requires_grad=True)
@@ -645,10 +652,7 @@ def test_name_runs_round_trip():
 # -- auto's teacher and early stopping on teacher-labelled rows --------------------
 def test_auto_teacher_reads_only_the_teacher_columns(data):
     X, y = data
-    ys = semi(y)
-    labeled = ys != -1
-    y_enc = np.where(labeled, ys, 0)
-    weights = np.ones(len(y))
+    ys, labeled, y_enc, weights = semi_encoded(y)
     # Noise in every student column: auto's soft labels do not move, a given teacher's do.
     noisy = X.copy()
     students = [c for c in X.columns if not c.startswith(TEACHER_PREFIX)]
@@ -799,10 +803,7 @@ def test_calibrate_teacher_hook_platt_scales_the_cross_fitted_soft_labels(data):
     from medmix_sklearn.fusion._classifier import _apply_platt, _fit_platt
 
     X, y = data
-    ys = semi(y)
-    labeled = ys != -1
-    y_enc = np.where(labeled, ys, 0)
-    weights = np.ones(len(y))
+    ys, labeled, y_enc, weights = semi_encoded(y)
 
     class Scaled(MedMIXClassifier):
         def _calibrate_teacher(self):
