@@ -70,6 +70,34 @@ def test_random_experts_loaded_in_threads_agree(tiny_image_model, tmp_path):
         np.testing.assert_array_equal(out, expected)
 
 
+def test_experts_built_in_threads_leave_the_process_wide_generator_where_it_was(
+    tiny_image_model, monkeypatch
+):
+    from medmix_sklearn.experts import VolumeExpert
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state().clone()
+    loaders = [threading.Thread(target=ImageExpert(tiny_image_model, pretrained=False)._get_model,
+                                args=("cpu",)) for _ in range(4)]
+    for t in loaders:
+        t.start()
+    for t in loaders:
+        t.join()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # Our own 3-D backbone is built on the meta device: it draws nothing, so it needs
+    # no save-and-restore of the generator, and the state is still unchanged after it.
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("the 3-D backbone relied on saving and restoring the generator")
+
+    monkeypatch.setattr(torch.random, "fork_rng", no_fork)
+    first = VolumeExpert("test_i3resnet", pretrained=False)._get_model("cpu")
+    second = VolumeExpert("test_i3resnet", pretrained=False)._get_model("cpu")
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_optuna_search_in_threads_is_reproducible():
     optuna = pytest.importorskip("optuna")
     from optuna.distributions import FloatDistribution

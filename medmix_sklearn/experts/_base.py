@@ -347,6 +347,29 @@ def _without_tf32(device: str, precision: str):
                  torch.backends.cudnn.allow_tf32) = _TF32_STATE["saved"]
 
 
+# One third-party constructor at a time: two that overlapped would each restore
+# the process-wide generator to a state the other had saved.
+_CONSTRUCTOR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _isolated_global_rng():
+    """Run a third-party model constructor (timm's, open_clip's) that draws from torch's
+    process-wide generator, and put the generator back as it was.
+
+    Constructors of our own build on the meta device instead and draw nothing
+    (see ``VolumeExpert``). The weights drawn inside are thrown away:
+    :func:`_init_weights` draws them again from a generator of the expert's own.
+    A thread outside medmix_sklearn drawing from the process-wide generator
+    meanwhile still sees the constructor's draws: the guarantee is only that
+    the generator ends where it started.
+    """
+    import torch
+
+    with _CONSTRUCTOR_LOCK, torch.random.fork_rng(devices=[]):
+        yield
+
+
 def _init_weights(module, generator) -> None:
     """Draw every randomly initialised parameter of ``module`` from ``generator``.
 

@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 from ..exceptions import ExpertNotFoundError, MissingExtraError
-from ._base import BaseExpert, _init_weights
+from ._base import BaseExpert, _init_weights, _isolated_global_rng
 from ._hub import directory_hashes, resolve_directory
 from ._io import file_sha256, image_content_key, load_image
 from ._text import read_text, text_content_key
@@ -206,7 +206,7 @@ class _CLIPTower(BaseExpert):
         open_clip = _open_clip()
         pretrained = source.weights_path if source.weights in ("file", "tag") else None
         try:
-            with torch.random.fork_rng(devices=[]):
+            with _isolated_global_rng():
                 model = open_clip.create_model(
                     source.open_clip_name, pretrained=pretrained, device=device,
                     pretrained_text=False, pretrained_image=False,

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval
 
 from ..exceptions import ExpertNotFoundError
-from ._base import BaseExpert, _init_weights
+from ._base import BaseExpert, _init_weights, _isolated_global_rng
 from ._io import file_sha256, image_content_key, load_image
 from ._registry import (
     Preset,
@@ -359,10 +359,7 @@ class ImageExpert(BaseExpert):
                     "pretrained=False for random weights."
                 ) from exc
         else:
-            # timm's own initialisation draws from the process-wide generator;
-            # its state is restored for the caller, and every weight is then
-            # drawn again from a generator of our own.
-            with torch.random.fork_rng(devices=[]):
+            with _isolated_global_rng():
                 module = timm.create_model(spec.architecture, pretrained=False, **kwargs)
             _init_weights(module, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
             if spec.weights == "checkpoint":

@@ -484,10 +484,15 @@ class VolumeExpert(BaseExpert):
 
         from ._resnet3d import build_resnet3d
 
-        # Built under a forked process-wide generator (restored for the caller);
-        # every weight is then drawn from a generator no other thread touches.
-        with torch.random.fork_rng(devices=[]):
+        # Built on the meta device, so the constructor draws nothing from the
+        # process-wide generator: the convolutions are drawn from a generator of
+        # our own, the norm layers set to their constants (ones, zeros).
+        with torch.device("meta"):
             module = build_resnet3d(spec.architecture)
+        module = module.to_empty(device="cpu")
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.modules.batchnorm._NormBase):
+                sub.reset_parameters()
         _init_weights(module, torch.Generator().manual_seed(_RANDOM_INIT_SEED))
         if spec.weights in ("preset", "checkpoint"):
             _load_by_name(module, spec.weights_path)
