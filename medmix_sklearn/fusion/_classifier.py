@@ -759,13 +759,15 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
             temperatures = np.r_[1.0, np.full(n_mod, temperatures[1])]
         return temperatures
 
-    def _run_module(self, module, x: torch.Tensor, mask: torch.Tensor, temperatures="fitted") -> tuple:
+    def _run_module(self, module, x: torch.Tensor, mask: torch.Tensor, temperatures="fitted",
+                    step: int | None = None) -> tuple:
         """The output tuple of the network ``module`` (evaluation mode) on ``x``, in batches.
 
         ``temperatures``: the fitted ``temperatures_`` (default; the logits are
         tempered, an ensemble's member by member before averaging), or None for the
         network as trained. ``x`` is cast to the module's dtype and device; the
-        fields come back on the CPU.
+        fields come back on the CPU. ``step``: rows per forward pass (default
+        ``max(batch_size, 1024)``).
         """
         if isinstance(temperatures, str):
             temperatures = getattr(self, "temperatures_", None)
@@ -776,7 +778,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         module.eval()
         ensemble = isinstance(module, FusionEnsemble)
         members = list(module.members) if ensemble else [module]
-        step = max(int(self.batch_size), 1024)
+        step = max(int(self.batch_size), 1024) if step is None else int(step)
         parts = []
         try:
             with torch.inference_mode():
@@ -1551,30 +1553,15 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X, where = self._validate_predict_input(X)
         dataset = self._dataset(X, where=where)
-        if getattr(self, "temperatures_", None) is not None:
-            # Calibrated: each network's logits are tempered before an ensemble averages them.
-            if str(self.net_.device) != "cpu":
-                return self._run_module(self.net_.module_, dataset.x, dataset.mask)
-            module = copy.deepcopy(self.net_.module_).double()
-            step = self.batch_size
-            parts = [
-                self._run_module(module, dataset.x[i : i + step], dataset.mask[i : i + step])
-                for i in range(0, len(dataset), step)
-            ]
-            return FusionOutput(*(torch.cat(field) for field in zip(*parts)))
+        calibrated = getattr(self, "temperatures_", None) is not None
         if str(self.net_.device) != "cpu":
-            out = self.net_.forward(dataset, training=False, device="cpu")
-            return FusionOutput(*out)
+            if calibrated:  # each network's logits are tempered before an ensemble averages them
+                return self._run_module(self.net_.module_, dataset.x, dataset.mask)
+            return FusionOutput(*self.net_.forward(dataset, training=False, device="cpu"))
         # On the CPU, infer in float64: float32 kernels round differently with
         # the batch's shape, so a row's output would depend on its neighbours.
-        module = copy.deepcopy(self.net_.module_).double().eval()
-        step = self.batch_size
-        with torch.inference_mode():
-            parts = [
-                module(dataset.x[i : i + step].double(), dataset.mask[i : i + step])
-                for i in range(0, len(dataset), step)
-            ]
-        return FusionOutput(*(torch.cat(field) for field in zip(*parts)))
+        module = copy.deepcopy(self.net_.module_).double()
+        return self._run_module(module, dataset.x, dataset.mask, step=self.batch_size)
 
     def _validate_predict_input(self, X) -> tuple[np.ndarray, np.ndarray | None]:
         """Validated float matrix, and where the input columns are in it.
