@@ -37,6 +37,7 @@ from .._layout import (
 from .._missing import is_missing, missing_cells, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
 from ..experts import BaseExpert
+from ..experts._base import PRECISIONS
 from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]
@@ -225,7 +226,7 @@ class MultimodalExpertEmbedder(TransformerMixin, BaseEstimator):
         "teachers": [list, tuple, None],
         "cache_dir": [str, os.PathLike, None],
         "device": [str],
-        "precision": [StrOptions({"float32", "autocast"})],
+        "precision": [StrOptions(set(PRECISIONS))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
         "on_error": [StrOptions({"warn", "raise"})],
