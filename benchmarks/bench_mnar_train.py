@@ -63,21 +63,24 @@ def evaluate(data, method, seed: int, folds: list) -> dict:
 
     X = pd.DataFrame(data.X, columns=data.names)
     scoring = {"auroc": "roc_auc" if len(np.unique(data.y)) == 2 else "roc_auc_ovr", "ece": ece_scorer}
-    rows, seconds = [], {}
+    curves, seconds = {}, {}
     for mode in MODES:
+        # p=0 amputes nothing, so both modes share its scores: fitted once, in "test".
+        probabilities = P_GRID if mode == "test" else [p for p in P_GRID if p > 0]
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", UserWarning)
             curve = robustness_curve(
-                quality._build(method, seed), X, data.y, probabilities=P_GRID, mechanism="mnar", cv=folds,
-                scoring=scoring, random_state=seed, amputate=mode,
+                quality._build(method, seed), X, data.y, probabilities=probabilities, mechanism="mnar",
+                cv=folds, scoring=scoring, random_state=seed, amputate=mode,
             )
         seconds[mode] = round(time.perf_counter() - start, 1)
-        curve["mode"] = mode
         ece = curve["metric"] == "ece"
         curve.loc[ece, "score"] = -curve.loc[ece, "score"]
-        rows += curve.to_dict("records")
+        curves[mode] = curve
+    curves["train_and_test"] = pd.concat([curves["test"][curves["test"].p == 0], curves["train_and_test"]])
+    rows = [row for mode in MODES for row in curves[mode].assign(mode=mode).to_dict("records")]
     return {"rows": rows, "seconds": seconds, "label": method.label or method.name,
             "code": quality.code_version(), "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 

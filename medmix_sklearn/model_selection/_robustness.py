@@ -445,7 +445,13 @@ def _fitted(estimator, X, y, params):
 def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, n_repeats, seed, params,
           amputate="test"):
     X_train, y_train = _take(X, train), y[train]
-    model = _fitted(estimator, X_train, y_train, params)
+    plain = []  # the model fitted on the fold as it is, when a score needs it
+
+    def plain_model():
+        if not plain:
+            plain.append(_fitted(estimator, X_train, y_train, params))
+        return plain[0]
+
     X_test, y_test = _take(X, test), y[test]
     rows = []
     unamputed = None
@@ -455,8 +461,9 @@ def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, 
                 if p > 0:
                     amp = clone(amputer).set_params(
                         p=float(p), random_state=_draw_seed(seed, fold, m, repeat, round(p * 1e6)))
-                    scored = model
-                    if amputate == "train_and_test":
+                    if amputate == "test":
+                        scored = plain_model()
+                    else:
                         # Its own stream: the test fold's draws stay those of amputate="test".
                         train_amp = clone(amputer).set_params(
                             p=float(p), random_state=_draw_seed(seed, fold, m, repeat, round(p * 1e6), 1))
@@ -464,7 +471,7 @@ def _fold(estimator, X, y, train, test, fold, scorers, probabilities, amputers, 
                     scores = {k: float(s(scored, amp.transform(X_test, y_test), y_test)) for k, s in scorers.items()}
                 else:  # nothing blanked: every mechanism and repeat scores the same predictions
                     if unamputed is None:
-                        unamputed = {k: float(s(model, X_test, y_test)) for k, s in scorers.items()}
+                        unamputed = {k: float(s(plain_model(), X_test, y_test)) for k, s in scorers.items()}
                     scores = unamputed
                 for metric, score in scores.items():
                     rows.append({"mechanism": name, "p": float(p), "repeat": repeat, "fold": fold, "metric": metric,
