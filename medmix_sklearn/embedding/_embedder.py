@@ -36,8 +36,7 @@ from .._layout import (
 )
 from .._missing import is_missing, missing_cells, missing_mask
 from ..exceptions import DeviceFallbackWarning, ItemReadError, ItemReadWarning, MissingModalityWarning
-from ..experts import BaseExpert
-from ..experts._base import PRECISIONS
+from ..experts import PRECISIONS, BaseExpert
 from ._cache import EmbeddingCache, identity_of, resolve_cache_dir
 
 __all__ = ["MultimodalExpertEmbedder"]

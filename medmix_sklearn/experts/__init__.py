@@ -1,6 +1,6 @@
 """Frozen pretrained experts that embed images, texts and volumes."""
 
-from ._base import CACHE_FORMAT_VERSION, BaseExpert
+from ._base import CACHE_FORMAT_VERSION, PRECISIONS, BaseExpert
 from ._clip import CLIPImageExpert, CLIPTextExpert
 from ._hf_image import HFImageExpert
 from ._image import ImageExpert
@@ -16,6 +16,7 @@ __all__ = [
     "CLIPTextExpert",
     "CT_WINDOWS",
     "HFImageExpert",
+    "PRECISIONS",
     "ImageExpert",
     "TextExpert",
     "Volume",
