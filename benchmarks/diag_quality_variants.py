@@ -19,6 +19,11 @@ every p of:
   auxiliary unimodal head (untempered); other rows by the fused head;
 - ``aux_blend``: the mean of the fused and the auxiliary heads' probabilities
   (untempered).
+- ``aux_fitted``: a row with one modality present gets the log-probabilities
+  ``(1 - a) * fused + a * auxiliary`` of that modality, ``a`` in [0, 1]
+  fitted per modality on the held-out copies left with it alone (0 where
+  they come from too few rows), then the temperatures per count fitted on
+  the blended logits as ``"presence"`` does.
 
 ::
 
@@ -40,7 +45,7 @@ sys.path.insert(0, HERE)
 import bench_quality as bq  # noqa: E402  (sets the single-thread environment first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
+from scipy.optimize import minimize, minimize_scalar  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
@@ -50,11 +55,27 @@ from medmix_sklearn.fusion import _calibration as cal  # noqa: E402
 from medmix_sklearn.model_selection import expected_calibration_error  # noqa: E402
 from medmix_sklearn.model_selection._robustness import _amputer_for, _seed  # noqa: E402
 
-VARIANTS = ("none", "presence", "presence_uniform", "pattern", "count_affine", "aux_route", "aux_blend")
+VARIANTS = ("none", "presence", "presence_uniform", "pattern", "count_affine", "aux_route", "aux_blend",
+            "aux_fitted")
 
 
 class _Recording(MedMIXClassifier):
-    """MedMIXClassifier that keeps the held-out logits its temperatures were fitted on."""
+    """MedMIXClassifier that keeps the held-out copies its temperatures were fitted on.
+
+    Each copy's record also gets the auxiliary heads' logits (``aux``) and
+    the modalities present (``present``), from the same forward pass.
+    """
+
+    def _run_module(self, module, x, mask, temperatures="fitted", step=None):
+        out = super()._run_module(module, x, mask, temperatures=temperatures, step=step)
+        self._last_output = out
+        return out
+
+    def _held_out_logits(self, module, valid, rows, seed):
+        part = super()._held_out_logits(module, valid, rows, seed)
+        part["aux"] = self._last_output[1].double().numpy()
+        part["present"] = self._last_output[4].double().numpy()
+        return part
 
     def _fit_temperatures(self, held_out):
         self.held_out_ = held_out
@@ -81,6 +102,40 @@ def _affine(logits, y, weight):
     return minimize(nll, np.zeros(k), method="L-BFGS-B", bounds=bounds).x
 
 
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _sole_blend(logits, aux, present, weights):
+    """Log-probabilities: rows with one modality ``m`` present blend in its auxiliary head by ``weights[m]``."""
+    out = _log_softmax(logits)
+    sole = present.sum(axis=1) == 1
+    m = present[sole].argmax(axis=1)
+    a = weights[m][:, None]
+    out[sole] = (1 - a) * out[sole] + a * _log_softmax(aux[sole, m])
+    return out
+
+
+def _fit_sole_weights(part, n_mod):
+    """The blend weight of each modality, on the held-out copies left with it alone (NLL, bounded to [0, 1])."""
+    weights = np.zeros(n_mod)
+    sole = part["present"].sum(axis=1) == 1
+    for m in range(n_mod):
+        sel = sole & (part["present"][:, m] > 0)
+        if not sel.any() or not cal.enough_rows(part["y"], part["rows"], sel):
+            continue
+        fused, own = _log_softmax(part["logits"][sel]), _log_softmax(part["aux"][sel, m])
+        y, w = part["y"][sel], part["weight"][sel]
+
+        def nll(a, fused=fused, own=own, y=y, w=w):
+            z = _log_softmax((1 - a) * fused + a * own)
+            return float(-(w * z[np.arange(len(y)), y]).sum() / w.sum())
+
+        weights[m] = minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x
+    return weights
+
+
 def _fit_variants(clf):
     part = {key: np.concatenate([p[key] for p in clf.held_out_]) for key in clf.held_out_[0]}
     n_mod = len(clf.modality_names_)
@@ -97,6 +152,11 @@ def _fit_variants(clf):
             affine[k] = _affine(part["logits"][sel], part["y"][sel], part["weight"][sel])
     affine["pooled"] = _affine(part["logits"], part["y"], part["weight"])
     out["count_affine"] = affine
+    weights = _fit_sole_weights(part, n_mod)
+    blended = _sole_blend(part["logits"], part["aux"], part["present"], weights)
+    temperatures = cal.fit_temperatures(blended, part["y"], part["weight"], part["n_present"], part["rows"], n_mod,
+                                        log_prior)
+    out["aux_fitted"] = (weights, temperatures)
     return out
 
 
@@ -145,13 +205,18 @@ def _predict_all(clf, X, fitted):
     aux_mean = (aux * present[:, :, None]).sum(axis=1) / np.maximum(present.sum(axis=1, keepdims=True), 1)
     out["aux_route"] = np.where((count == 1)[:, None], aux_mean, out["none"])
     out["aux_blend"] = 0.5 * out["none"] + 0.5 * aux_mean
+    weights, temperatures = fitted["aux_fitted"]
+    t = temperatures[count][:, None]
+    out["aux_fitted"] = _softmax((_sole_blend(logits, raw[1].double().numpy(), present, weights) - log_prior) / t
+                                 + log_prior)
     return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=os.path.join(HERE, "out"), help="images and embedding cache")
-    parser.add_argument("--only", nargs="*", default=["gen_label", "gen_random", "openi"])
+    parser.add_argument("--only", nargs="*", default=["gen_label", "gen_random", "openi"],
+                        help="data set name prefixes (openi includes openi_hard)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "benchmarks",
                                                       "quality_variants.json"))
     args = parser.parse_args(argv)

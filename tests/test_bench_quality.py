@@ -206,6 +206,48 @@ def test_report_only_rewrites_the_page_from_the_store(tmp_path):
     assert not any(key.startswith("mnar|0.0") for key in doc["verdict"]["gen_label"]["vs_hgb"])
 
 
+def test_every_candidate_counts_the_cells_each_method_would_fail(tmp_path):
+    """The AUROC target with each method in MedMIX's place, and a method run with fewer seeds marked."""
+    import bench_quality as bq
+
+    store = bq.RunStore(str(tmp_path / bq.STORE_NAME))
+    fp = {"n_rows": 10, "n_features": 4, "n_folds": 3, "p_grid": list(bq.P_GRID), "mechanisms": list(bq.MECHANISMS)}
+    info = {"n_samples": 10, "n_features": 4, "class_counts": [5, 5], "presence_rate": {"a": 1.0}}
+
+    def fill(d):
+        d["datasets"]["toy"] = {"title": "Toy", "info": info, "fingerprint": fp}
+        for method, auroc in [("hgb", 0.70), ("late_fusion", 0.60), ("medmix", 0.80)]:
+            for seed in (0, 1):
+                d["runs"][bq.run_key("toy", method, seed)] = _entry("toy", method, seed, fp, auroc)
+        # A variant that is level with MedMIX's defaults only where its std allows: seed 0 only.
+        d["runs"][bq.run_key("toy", "medmix_variant", 0)] = _entry("toy", "medmix_variant", 0, fp, 0.75)
+
+    store.update(fill)
+    doc = bq.main(["--report-only", "--out", str(tmp_path), "--only", "toy"])
+    table = doc["every_candidate"]["toy"]
+    cells = len(bq._verdict_cells())
+    assert table["cells"] == cells
+    # MedMIX (0.80-0.82 over folds) is above everyone: it fails no cell.
+    assert table["not_level"]["medmix"] == {}
+    # HGB (mean 0.71) is below MedMIX's 0.81 - 0.008 in every cell, and only MedMIX is above it.
+    assert len(table["not_level"]["hgb"]) == cells
+    assert all(above == ["medmix"] for above in table["not_level"]["hgb"].values())
+    # Late fusion is below both HGB and MedMIX everywhere.
+    assert all(sorted(above) == ["hgb", "medmix"] for above in table["not_level"]["late_fusion"].values())
+    assert len(table["not_level"]["medmix_variant"]) == cells  # 0.76 < 0.81 - 0.008
+    page = (tmp_path / "quality.md").read_text()
+    assert "### Could any method meet the AUROC target?" in page
+    assert "- Toy: met by `medmix`." in page
+    assert "| medmix_variant, seed 0 only |" in page and "| hgb |" in page
+    # A data set where every method fails some cell: none meets the target.
+    doc = {"every_candidate": {"t": {"cells": 7, "not_level": {"a": {"mcar|0.0": ["b"]},
+                                                                "b": {"mcar|0.0": ["a"], "mnar|0.5": ["a"]}}}},
+           "results": {"t": {"title": "T", "methods": {"a": {"label": "A"}, "b": {"label": "B"}}}}}
+    lines = bq._candidate_section(doc)
+    assert "| A | 1/7 |" in lines and "| B | 2/7 |" in lines
+    assert "- T: met by **no method**; the fewest cells not level, 1, for `a`." in lines
+
+
 def test_bench_mnar_train_scores_both_modes_on_the_same_folds():
     """benchmarks/bench_mnar_train.py: test-only and train-and-test amputation, and its page."""
     import bench_mnar_train
