@@ -157,6 +157,11 @@ STUDY = {
                                        "MedMIX, pattern_prior=True, biases started at 0"),
     "medmix_modality_dropout_0.4": ("medmix", {"modality_dropout": 0.4}, "MedMIX, modality dropout 0.4"),
     "medmix_modality_dropout_0.6": ("medmix", {"modality_dropout": 0.6}, "MedMIX, modality dropout 0.6"),
+    "medmix_pattern_prior_calibration_temperature": (
+        "medmix", {"pattern_prior": True, "calibration": "temperature"},
+        "MedMIX, pattern_prior=True, calibration='temperature'"),
+    "medmix_pattern_prior_calibration_none": (
+        "medmix", {"pattern_prior": True, "calibration": None}, "MedMIX, pattern_prior=True, calibration=None"),
 }
 STUDY_SETS = ("gen_label",)
 
