@@ -12,7 +12,13 @@ import torch
 
 from medmix_sklearn import MedMIXClassifier, load_model, save_model
 from medmix_sklearn.exceptions import CalibrationWarning
-from medmix_sklearn.fusion._calibration import blanked_copies, fit_temperature, fit_temperatures, temper
+from medmix_sklearn.fusion._calibration import (
+    blanked_copies,
+    copy_weights,
+    fit_temperature,
+    fit_temperatures,
+    temper,
+)
 from medmix_sklearn.model_selection import ModalityAmputer, expected_calibration_error
 
 # Trained on complete rows without modality dropout: the network never sees a
@@ -217,6 +223,33 @@ def test_blanked_copies_keep_a_subset_and_at_least_one():
     assert keep[has_any].any(axis=1).all() and not keep[~has_any].any()
     counts = np.bincount(keep.sum(axis=1), minlength=5)
     assert (counts[1:4] > 50).all()  # every count of present modalities is seen
+
+
+def test_rows_as_observed_carry_half_the_presence_weight(label_in_pattern):
+    X, y = label_in_pattern
+    n_copies = 7
+    share = copy_weights(30, n_copies)
+    assert share.shape == (30 * (n_copies + 1),)
+    assert share[:30].sum() == pytest.approx(share[30:].sum())
+    np.testing.assert_array_equal(share[30:], 1.0)
+
+    record = {}
+
+    class Recording(MedMIXClassifier):
+        def _fit_temperatures(self, held_out):
+            record["parts"] = held_out
+            return super()._fit_temperatures(held_out)
+
+    weight = np.where(y == 1, 2.0, 1.0)
+    Recording(blocks={"a": [0, 1], "b": [2, 3]}, random_state=0, max_epochs=5, n_members=1).fit(
+        X, y, sample_weight=weight
+    )
+    (part,) = record["parts"]
+    n_rows = len(np.unique(part["rows"]))
+    observed, blanked = part["weight"][:n_rows], part["weight"][n_rows:]
+    assert observed.sum() == pytest.approx(blanked.sum())
+    # The sample weights still count within each half.
+    np.testing.assert_allclose(observed, weight[part["rows"][:n_rows]] * (len(part["rows"]) // n_rows - 1))
 
 
 def test_presence_tempers_what_the_network_reads_into_a_missing_modality(label_in_pattern):

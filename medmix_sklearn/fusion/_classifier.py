@@ -63,7 +63,7 @@ from .._layout import (
 )
 from .._missing import block_presence
 from ..exceptions import CalibrationWarning, DeviceFallbackWarning, LayoutWarning, MissingModalityWarning
-from ._calibration import CALIBRATIONS, blanked_copies, fit_temperatures, n_copies_for, temper
+from ._calibration import CALIBRATIONS, blanked_copies, copy_weights, fit_temperatures, n_copies_for, temper
 from ._losses import FusionLoss
 from ._net import BatchIterator, BlockDataset, EpochLog, FusionNet
 from ._network import EXPERT_FUSIONS, MODALITY_FUSIONS, FusionEnsemble, FusionOutput, MedMIXNetwork
@@ -213,7 +213,11 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
           fewer than 20 held-out rows, or fewer than 5 of some class, gets
           the temperature of all copies together). A network that
           grows overconfident as modalities go missing gets ``T > 1`` for
-          the rows with few of them.
+          the rows with few of them. The rows as observed carry half the
+          weight, the blanked copies the other half: a deployed model sees
+          rows missing what they miss in training as well as rows that lost
+          modalities for other reasons, and where missingness depends on the
+          label the blanked copies alone would temper that signal away.
         - ``"temperature"``: one temperature per network, fitted on the
           held-out rows as they are (the classic temperature scaling).
         - ``None``: no scaling (``temperatures_`` is None).
@@ -715,8 +719,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         ``rows`` are the training-set indices of ``valid``'s rows. With
         ``calibration="presence"`` the rows are copied with modalities blanked
         at random (seeded with the member's ``seed``, so a fit is
-        reproducible). Returns the logits, labels, weights, modalities
-        present and training-set row of every copy.
+        reproducible), the rows as observed weighted to carry half the
+        weight (:func:`copy_weights`). Returns the logits, labels, weights,
+        modalities present and training-set row of every copy.
         """
         n_mod = len(self.modality_names_)
         labeled = valid.teacher.get("labeled")
@@ -727,9 +732,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         present = np.stack([mask[:, block_mod == j].any(axis=1) for j in range(n_mod)], axis=1)
         if self.calibration == "temperature":
             copies, keep = np.arange(len(keep_rows)), present
+            share = np.ones(len(copies))
         else:
             rng = np.random.default_rng(seed)
-            copies, keep = blanked_copies(present, rng, n_copies_for(len(keep_rows)))
+            n_copies = n_copies_for(len(keep_rows))
+            copies, keep = blanked_copies(present, rng, n_copies)
+            share = copy_weights(len(keep_rows), n_copies)
         copy_mask = mask[copies] & keep[:, block_mod]
         # Zero the blanked blocks too, as _prepare writes an absent block.
         columns_absent = ~copy_mask[:, np.repeat(np.arange(len(block_mod)), self.network_params_["block_dims"])]
@@ -738,7 +746,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         return {
             "logits": out[0].double().cpu().numpy(),
             "y": y[copies],
-            "weight": weight[copies],
+            "weight": weight[copies] * share,
             "n_present": out[4].sum(dim=1).round().long().cpu().numpy(),
             "rows": np.asarray(rows)[keep_rows][copies],
         }
