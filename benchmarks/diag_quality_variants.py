@@ -1,13 +1,16 @@
 """Alternatives to MedMIX's default calibration and fused head, measured on the quality benchmark.
 
 A diagnostic for docs/benchmarks/quality.md (issue 13). On the quality
-benchmark's data sets, folds and amputations (the same seeds as
-``robustness_curve(random_state=0)`` there), it fits MedMIXClassifier with its
-defaults once per fold and scores, from the same weights, AUROC and ECE at
-every p of:
+benchmark's data sets, folds and amputations (for each of ``--seeds``, the
+same folds and amputation seeds as ``robustness_curve(random_state=seed)``
+there), it fits MedMIXClassifier with its defaults (``random_state=seed``)
+once per fold and scores, from the same weights, AUROC and ECE at every p of:
 
 - ``none``: the fused head, untempered (``calibration=None``);
 - ``presence``: the default (``calibration="presence"``, as fitted);
+- ``presence_blanked``: the temperatures per count refitted with each held-out
+  row as observed weighted as one blanked copy (the default before the rows
+  as observed carried half the weight);
 - ``presence_uniform``: the same temperatures per count, fitted and applied
   towards equal probabilities (``softmax(logits / T)``) instead of the class
   shares;
@@ -27,7 +30,8 @@ every p of:
 
 ::
 
-    .venv/bin/python benchmarks/diag_quality_variants.py --work WORK   # -> docs/benchmarks/quality_variants.json
+    .venv/bin/python benchmarks/diag_quality_variants.py --work WORK --seeds 0 1 2
+    # -> docs/benchmarks/quality_variants.json (means over the folds of every seed)
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ from medmix_sklearn.fusion import _calibration as cal  # noqa: E402
 from medmix_sklearn.model_selection import expected_calibration_error  # noqa: E402
 from medmix_sklearn.model_selection._robustness import _amputer_for, _seed  # noqa: E402
 
-VARIANTS = ("none", "presence", "presence_uniform", "pattern", "count_affine", "aux_route", "aux_blend",
-            "aux_fitted")
+VARIANTS = ("none", "presence", "presence_blanked", "presence_uniform", "pattern", "count_affine", "aux_route",
+            "aux_blend", "aux_fitted")
 
 
 class _Recording(MedMIXClassifier):
@@ -143,6 +147,14 @@ def _fit_variants(clf):
     zero = np.zeros_like(log_prior)
     out = {"presence_uniform": cal.fit_temperatures(part["logits"], part["y"], part["weight"], part["n_present"],
                                                     part["rows"], n_mod, zero)}
+    # Undo the rows-as-observed share: copy 0 of each member's record is its rows as observed.
+    weight = []
+    for p in clf.held_out_:
+        n_rows = len(np.unique(p["rows"]))
+        n_copies = len(p["rows"]) // n_rows - 1
+        weight.append(p["weight"] / cal.copy_weights(n_rows, n_copies))
+    out["presence_blanked"] = cal.fit_temperatures(part["logits"], part["y"], np.concatenate(weight),
+                                                   part["n_present"], part["rows"], n_mod, log_prior)
     # Patterns are not kept in the record; rebuild them from the copies' modality mask.
     out["pattern"] = None  # filled by _pattern_temperatures (needs the copies' patterns)
     affine = {}
@@ -191,6 +203,8 @@ def _predict_all(clf, X, fitted):
     code = present.astype(np.int64) @ (2 ** np.arange(present.shape[1]))
     log_prior = np.log(clf.calibration_prior_)
     out = {"none": _softmax(logits), "presence": clf.predict_proba(X)}
+    t = fitted["presence_blanked"][count][:, None]
+    out["presence_blanked"] = _softmax((logits - log_prior) / t + log_prior)
     t = fitted["presence_uniform"][count][:, None]
     out["presence_uniform"] = _softmax(logits / t)
     t = fitted["pattern"][code][:, None]
@@ -219,42 +233,46 @@ def main(argv=None) -> dict:
                         help="data set name prefixes (openi includes openi_hard)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "benchmarks",
                                                       "quality_variants.json"))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="CV seeds (default: 0)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     datasets = bq.prepare(dict(bq.FULL), args.work, set(args.only))
-    seed = _seed(0)  # what robustness_curve(random_state=0) draws its amputations from
     out = {"command": "benchmarks/diag_quality_variants.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "commit": bq.code_version(), "results": {}}
+           "commit": bq.code_version(), "seeds": list(args.seeds), "results": {}}
     for data in datasets:
         start = time.perf_counter()
         X = pd.DataFrame(data.X, columns=data.names)
         y = data.y
         binary = len(np.unique(y)) == 2
         scores = {v: {} for v in VARIANTS}
-        folds = StratifiedKFold(bq.FULL["n_folds"], shuffle=True, random_state=0).split(data.X, y)
-        for fold, (train, test) in enumerate(folds):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                clf = _Recording(random_state=0, device="cpu").fit(X.iloc[train], y[train])
-            fitted = _fit_variants(clf)
-            fitted["pattern"] = _pattern_temperatures(clf, X.iloc[train].to_numpy())
-            for m, mech in enumerate(bq.MECHANISMS):
-                for p in bq.P_GRID:
-                    if p == 0 and m > 0:
-                        continue
-                    X_test = X.iloc[test]
-                    if p > 0:
-                        state = np.random.SeedSequence([seed, fold, m, 0, round(p * 1e6)]).generate_state(1)[0]
-                        amputer = clone(_amputer_for(mech)).set_params(p=float(p),
-                                                                      random_state=int(state % np.iinfo(np.int32).max))
-                        X_test = amputer.transform(X_test, y[test])
-                    for name, proba in _predict_all(clf, X_test, fitted).items():
-                        auc = roc_auc_score(y[test], proba[:, 1] if binary else proba, multi_class="ovr")
-                        ece = expected_calibration_error(y[test], proba)
-                        scores[name].setdefault(f"{mech}|{p}", []).append([float(auc), float(ece)])
-        summary = {name: {cell: {"auroc": float(np.mean([a for a, _ in v])), "ece": float(np.mean([e for _, e in v]))}
+        for cv_seed in args.seeds:
+            seed = _seed(cv_seed)  # what robustness_curve(random_state=cv_seed) draws its amputations from
+            folds = StratifiedKFold(bq.FULL["n_folds"], shuffle=True, random_state=cv_seed).split(data.X, y)
+            for fold, (train, test) in enumerate(folds):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    clf = _Recording(random_state=cv_seed, device="cpu").fit(X.iloc[train], y[train])
+                fitted = _fit_variants(clf)
+                fitted["pattern"] = _pattern_temperatures(clf, X.iloc[train].to_numpy())
+                for m, mech in enumerate(bq.MECHANISMS):
+                    for p in bq.P_GRID:
+                        if p == 0 and m > 0:
+                            continue
+                        X_test = X.iloc[test]
+                        if p > 0:
+                            state = np.random.SeedSequence([seed, fold, m, 0, round(p * 1e6)]).generate_state(1)[0]
+                            amputer = clone(_amputer_for(mech)).set_params(
+                                p=float(p), random_state=int(state % np.iinfo(np.int32).max))
+                            X_test = amputer.transform(X_test, y[test])
+                        for name, proba in _predict_all(clf, X_test, fitted).items():
+                            auc = roc_auc_score(y[test], proba[:, 1] if binary else proba, multi_class="ovr")
+                            ece = expected_calibration_error(y[test], proba)
+                            scores[name].setdefault(f"{mech}|{p}", []).append([float(auc), float(ece)])
+        summary = {name: {cell: {"auroc": float(np.mean([a for a, _ in v])),
+                                 "auroc_std": float(np.std([a for a, _ in v])),
+                                 "ece": float(np.mean([e for _, e in v]))}
                           for cell, v in cells.items()} for name, cells in scores.items()}
         out["results"][data.name] = summary
         print(f"{data.name} ({time.perf_counter() - start:.0f}s)", flush=True)
