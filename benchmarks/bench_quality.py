@@ -708,8 +708,8 @@ def _row_labels(res: dict) -> dict:
     out = {}
     for method, m in res["methods"].items():
         label = f"**{m['label']}**" if method == "medmix" else m["label"]
-        seeds = res.get("method_seeds", {}).get(method, res["seeds"])
-        if seeds != res["seeds"]:
+        seeds = res.get("method_seeds", {}).get(method, res.get("seeds"))
+        if seeds != res.get("seeds"):
             label += f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} only"
         out[method] = label
     return out
@@ -741,8 +741,8 @@ def _candidate_section(doc: dict) -> list[str]:
                 continue
             k = len(rows[method])
             cells.append(f"{'**0**' if k == 0 else k}/{table[name]['cells']}")
-        label = doc["results"][names[0]]["methods"].get(method, {}).get("label") or next(
-            doc["results"][n]["methods"][method]["label"] for n in names if method in doc["results"][n]["methods"])
+        home = next(n for n in names if method in doc["results"][n]["methods"])
+        label = _row_labels(doc["results"][home])[method].replace("**", "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for name in names:
