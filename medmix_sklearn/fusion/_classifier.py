@@ -178,18 +178,19 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         indexed by the observed combination, the idea of Flex-MoE's
         missing-modality bank). The biases start at each pattern's smoothed
         class log-ratio on the training rows. At most 12 modalities.
-        ``benchmarks/bench_quality.py`` measures it (docs/benchmarks/quality.md):
-        on generated data with missingness by label it lifts AUROC from 0.746
-        to 0.779 at p=0, but costs AUROC and calibration once modalities go
-        missing for other reasons (blanked at random at test time), so it is
-        off by default. Use it when missingness depends on the label and will
+        ``benchmarks/bench_quality.py`` measures it (docs/benchmarks/quality.md,
+        3 seeds): on generated data with missingness by label it lifts AUROC
+        from 0.740 to 0.773 at p=0, but costs AUROC and calibration once
+        modalities go missing for other reasons (blanked at random at test
+        time: 0.650 against 0.666 at p=0.5) and calibration at p=0 (ECE 0.091
+        against 0.076), so it is off by default. Use it when missingness depends on the label and will
         keep doing so where the model is used
         (:func:`~medmix_sklearn.model_selection.missingness_dependence` tests
         the training data), and then with ``calibration=None``:
-        ``"presence"`` fits its temperatures on rows blanked at random, as if
-        missingness said nothing, which on OpenI with label-dependent
+        ``"presence"`` fits its temperatures half on rows blanked at random,
+        as if missingness said nothing, which on OpenI with label-dependent
         missingness in training and test raised the ECE at p=0.5 from 0.043
-        to 0.141 (docs/benchmarks/mnar_train.md).
+        to 0.092 (docs/benchmarks/mnar_train.md).
     calibration : {"presence", "temperature"} or None, default="presence"
         Temperature scaling fitted after training, on the rows early stopping
         held out (for an ensemble, on every member's held-out rows, each
@@ -223,12 +224,12 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         - ``None``: no scaling (``temperatures_`` is None).
 
         ``"presence"`` is the default because ``benchmarks/bench_quality.py``
-        decided it (docs/benchmarks/quality.md): with modalities blanked at
-        prediction it lowers the ECE in most cells (on generated data with
-        missingness by label, MCAR p=0.75, from 0.198 to about 0.10, below
-        late fusion's 0.179) and leaves AUROC level (the largest change
-        -0.006 at p=0); ``"temperature"`` does not help there. It costs one
-        forward pass over about 20 copies of the held-out rows.
+        decided it (docs/benchmarks/quality.md, 3 seeds): with modalities
+        blanked at prediction it lowers the ECE in most cells (on generated
+        data with missingness by label, MCAR p=0.75, from 0.189 to 0.106,
+        below late fusion's 0.159) and leaves AUROC level (paired change at
+        p=0 at most -0.005 ± 0.008); ``"temperature"`` does not help there.
+        It costs one forward pass over about 20 copies of the held-out rows.
 
         Without held-out rows nothing is calibrated (``temperatures_`` is
         None): with ``early_stopping=False``, or when the validation split is
