@@ -361,7 +361,8 @@ def report(doc: dict, out: str, notes: str) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="local copy of the MMIST-ccRCC Code folder (or the clone)")
+    parser.add_argument("--data", help="local copy of the MMIST-ccRCC Code folder (or the clone); "
+                                       "not needed with --report-only")
     parser.add_argument("--seeds", type=int, default=3, help="CV repetitions / seeds (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 seed, output to benchmarks/out/mmist")
     parser.add_argument("--candidates", action="store_true", help="also measure the fusion candidates")
@@ -382,6 +383,8 @@ def main(argv=None) -> dict:
             json.dump(doc, fh, indent=1)
         print(report(doc, out, notes))
         return doc
+    if not args.data:
+        parser.error("--data is required (except with --report-only)")
     import torch
 
     torch.set_num_threads(1)
