@@ -179,7 +179,8 @@ def test_method_selection_by_name_pattern_and_group():
     assert bq.selected("medmix", ["medmix"]) and not bq.selected("medmix_pattern_prior", ["medmix"])
 
 
-def test_report_only_rewrites_the_page_from_the_store(tmp_path):
+def _toy_store(tmp_path, name, title, runs):
+    """A results store in ``tmp_path`` with one data set and the entries ``(method, seed, auroc)``."""
     import bench_quality as bq
 
     store = bq.RunStore(str(tmp_path / bq.STORE_NAME))
@@ -187,11 +188,18 @@ def test_report_only_rewrites_the_page_from_the_store(tmp_path):
     info = {"n_samples": 10, "n_features": 4, "class_counts": [5, 5], "presence_rate": {"a": 1.0}}
 
     def fill(d):
-        d["datasets"]["gen_label"] = {"title": "Toy by label", "info": info, "fingerprint": fp}
-        for method, auroc in [("hgb", 0.75), ("late_fusion", 0.6), ("medmix", 0.74)]:
-            d["runs"][bq.run_key("gen_label", method, 0)] = _entry("gen_label", method, 0, fp, auroc)
+        d["datasets"][name] = {"title": title, "info": info, "fingerprint": fp}
+        for method, seed, auroc in runs:
+            d["runs"][bq.run_key(name, method, seed)] = _entry(name, method, seed, fp, auroc)
 
     store.update(fill)
+    return store
+
+
+def test_report_only_rewrites_the_page_from_the_store(tmp_path):
+    import bench_quality as bq
+
+    _toy_store(tmp_path, "gen_label", "Toy by label", [("hgb", 0, 0.75), ("late_fusion", 0, 0.6), ("medmix", 0, 0.74)])
     doc = bq.main(["--report-only", "--out", str(tmp_path)])
     page = (tmp_path / "quality.md").read_text()
     assert "--report-only" in page and "Toy by label" in page
@@ -210,19 +218,10 @@ def test_every_candidate_counts_the_cells_each_method_would_fail(tmp_path):
     """The AUROC target with each method in MedMIX's place, and a method run with fewer seeds marked."""
     import bench_quality as bq
 
-    store = bq.RunStore(str(tmp_path / bq.STORE_NAME))
-    fp = {"n_rows": 10, "n_features": 4, "n_folds": 3, "p_grid": list(bq.P_GRID), "mechanisms": list(bq.MECHANISMS)}
-    info = {"n_samples": 10, "n_features": 4, "class_counts": [5, 5], "presence_rate": {"a": 1.0}}
-
-    def fill(d):
-        d["datasets"]["toy"] = {"title": "Toy", "info": info, "fingerprint": fp}
-        for method, auroc in [("hgb", 0.70), ("late_fusion", 0.60), ("medmix", 0.80)]:
-            for seed in (0, 1):
-                d["runs"][bq.run_key("toy", method, seed)] = _entry("toy", method, seed, fp, auroc)
-        # A variant that is level with MedMIX's defaults only where its std allows: seed 0 only.
-        d["runs"][bq.run_key("toy", "medmix_variant", 0)] = _entry("toy", "medmix_variant", 0, fp, 0.75)
-
-    store.update(fill)
+    runs = [(method, seed, auroc) for method, auroc in [("hgb", 0.70), ("late_fusion", 0.60), ("medmix", 0.80)]
+            for seed in (0, 1)]
+    # A variant below MedMIX's defaults, run on seed 0 only.
+    _toy_store(tmp_path, "toy", "Toy", [*runs, ("medmix_variant", 0, 0.75)])
     doc = bq.main(["--report-only", "--out", str(tmp_path), "--only", "toy"])
     table = doc["every_candidate"]["toy"]
     cells = len(bq._verdict_cells())
