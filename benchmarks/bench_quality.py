@@ -777,8 +777,8 @@ def report(doc: dict, out: str) -> str:
         f"- Code: the figures come from commit(s) {', '.join(commits)} (per method below when they differ); "
         f"page written {meta['date']}.",
         f"- Cost: {meta['cpu_seconds'] / 60:.1f} min of fitting and scoring summed over the stored entries, "
-        f"{meta['cpu_seconds_default'] / 60:.1f} min of it for the default methods (the baselines, MedMIX and "
-        "MedMIX with pattern_prior switched), the rest for the MedMIX study variants "
+        f"{meta['cpu_seconds_default'] / 60:.1f} min of it for the default methods (the baselines, MedMIX, and "
+        "MedMIX with pattern_prior or calibration switched), the rest for the MedMIX study variants "
         f"(one thread each; the machine: {meta['machine']}).",
         f"- Protocol: {meta['n_folds']}-fold stratified CV x seeds {meta['seeds']} (the seeds of each data set "
         "are listed with it; a seed's folds are the same for every method); mean ± std over the folds of all "
@@ -891,6 +891,11 @@ def report(doc: dict, out: str) -> str:
     return path
 
 
+def _default_method(name: str) -> bool:
+    """Whether ``name`` is one of the methods every data set runs (not a study variant)."""
+    return name in BASELINES or name in ("medmix", "medmix_pattern_prior") or name.startswith("medmix_calibration_")
+
+
 def write_report(store: RunStore, out: str, names: list | None, settings: dict, machine: str, quick: bool,
                  expected: dict | None = None) -> dict:
     """quality.json, quality.md and the plots, from the store alone."""
@@ -907,7 +912,7 @@ def write_report(store: RunStore, out: str, names: list | None, settings: dict, 
     current = [e for e in doc_store["runs"].values()
                if e["dataset"] in results and e["fingerprint"] == doc_store["datasets"][e["dataset"]]["fingerprint"]]
     cpu = sum(e["seconds"] for e in current)
-    cpu_default = sum(e["seconds"] for e in current if e["method"] in BASELINES + ("medmix", "medmix_pattern_prior"))
+    cpu_default = sum(e["seconds"] for e in current if _default_method(e["method"]))
     flags = " --quick" if quick else ""
     out_flag = "" if os.path.abspath(out) == os.path.join(ROOT, "docs", "benchmarks") else f" --out {out}"
     doc = {
