@@ -10,7 +10,7 @@ Variants (``--list``): the rows of "Second round" in
 of ``random_state`` ``100 * seed + i`` (before ``n_members`` existed);
 ``epc`` sets the bottleneck's rarest-class rows per component, a module
 constant rather than a parameter. Folds: stratified 5-fold CV over seeds 0..1,
-as ``bench_mmist.py --seeds 2``.
+as ``bench_mmist.py --seeds 2`` (``--seeds 5``: 0..4, as the MMIST page's run).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 OLD = dict(n_members=1, linear_path=False, hidden_dim=64)
-#: name -> (MedMIXClassifier parameters, seeds averaged, bottleneck rows per component)
+#: name -> (MedMIXClassifier parameters, seeds averaged, bottleneck rows per component,
+#: None for the library's)
 VARIANTS = {
     "one_network": (OLD, 1, 5),
     "one_network_linear": ({**OLD, "linear_path": True}, 1, 5),
@@ -43,8 +44,12 @@ VARIANTS = {
                                               modality_dropout=0.1), 1, 10),
     "members5_linear_epc10_width32": (dict(n_members=5, linear_path=True, hidden_dim=32), 1, 10),
     "members5_linear_epc10_width16": (dict(n_members=5, linear_path=True, hidden_dim=16), 1, 10),
-    "defaults": ({}, 1, 5),
-    "defaults_uncalibrated": ({"calibration": None}, 1, 5),
+    "defaults": ({}, 1, None),
+    "defaults_uncalibrated": ({"calibration": None}, 1, None),
+    "defaults_epc5": ({}, 1, 5),
+    "defaults_epc5_uncalibrated": ({"calibration": None}, 1, 5),
+    "defaults_epc2": ({}, 1, 2),
+    "defaults_unreduced": ({"expert_bottleneck": None}, 1, None),
 }
 SUBSETS = ["clinical", "clinical+genomics", "clinical+ct", "clinical+mri", "clinical+wsi", ALL]
 
@@ -57,7 +62,8 @@ def fit_score(variant: str, X, y, train, test, seed: int) -> float:
 
     torch.set_num_threads(1)
     params, n_seeds, per_component = VARIANTS[variant]
-    classifier_module._BOTTLENECK_EVENTS_PER_COMPONENT = per_component
+    if per_component is not None:  # None: the library's own value
+        classifier_module._BOTTLENECK_EVENTS_PER_COMPONENT = per_component
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = np.mean([
@@ -74,6 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", help="local copy of the MMIST-ccRCC Code folder (or the clone)")
     parser.add_argument("--subsets", default=",".join(SUBSETS), help="comma-separated modality subsets")
     parser.add_argument("--n-jobs", type=int, default=2, help="parallel fits (processes, one thread each)")
+    parser.add_argument("--seeds", type=int, default=2, help="CV repetitions (seeds 0..N-1; default 2)")
     parser.add_argument("--list", action="store_true", help="list the variants and stop")
     args = parser.parse_args(argv)
     if args.list or args.variant is None:
@@ -86,7 +93,7 @@ def main(argv=None) -> dict:
 
     bunch = load_mmist_ccrcc(args.data)
     X, y = bunch.data, bunch.target.to_numpy()
-    folds = [(seed, tr, te) for seed in (0, 1)
+    folds = [(seed, tr, te) for seed in range(args.seeds)
              for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(X, y)]
     scores = {}
     for subset in args.subsets.split(","):
