@@ -30,7 +30,7 @@ row left with age alone got 0.48 instead of about 0.6.
   in the clinic as well as rows that lost modalities for other reasons, and
   where the training missingness depends on the label the blanked copies
   alone would temper that signal away (on generated data with missingness by
-  label, ECE at p=0 0.094 with the blanked copies all but alone, 0.076 with
+  label, ECE at p=0 0.091 with the blanked copies all but alone, 0.076 with
   half the weight on the rows as observed; 3 seeds, docs/benchmarks/quality.md).
 
 (Temperature scaling; for ``"presence"``, conditioning it on the count of

@@ -180,9 +180,9 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         class log-ratio on the training rows. At most 12 modalities.
         ``benchmarks/bench_quality.py`` measures it (docs/benchmarks/quality.md,
         3 seeds): on generated data with missingness by label it lifts AUROC
-        from 0.740 to 0.773 at p=0, but costs AUROC and calibration once
+        from 0.745 to 0.776 at p=0, but costs AUROC and calibration once
         modalities go missing for other reasons (blanked at random at test
-        time: 0.650 against 0.666 at p=0.5) and calibration at p=0 (ECE 0.091
+        time: 0.650 against 0.666 at p=0.5) and calibration at p=0 (ECE 0.088
         against 0.076), so it is off by default. Use it when missingness depends on the label and will
         keep doing so where the model is used
         (:func:`~medmix_sklearn.model_selection.missingness_dependence` tests
@@ -226,7 +226,7 @@ class MedMIXClassifier(ClassifierMixin, BaseEstimator):
         ``"presence"`` is the default because ``benchmarks/bench_quality.py``
         decided it (docs/benchmarks/quality.md, 3 seeds): with modalities
         blanked at prediction it lowers the ECE in most cells (on generated
-        data with missingness by label, MCAR p=0.75, from 0.189 to 0.106,
+        data with missingness by label, MCAR p=0.75, from 0.182 to 0.083,
         below late fusion's 0.159) and leaves AUROC level (paired change at
         p=0 at most -0.005 ± 0.008); ``"temperature"`` does not help there.
         It costs one forward pass over about 20 copies of the held-out rows.
