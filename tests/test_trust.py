@@ -98,6 +98,41 @@ def test_experts_built_in_threads_leave_the_process_wide_generator_where_it_was(
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_expert_constructors_do_not_disturb_another_threads_draws(tiny_image_model, monkeypatch):
+    # Another thread draws from the process-wide generator while an expert's
+    # constructor runs: it gets the numbers it would get alone (a save-and-restore
+    # of the generator around the constructor would hand it the same numbers twice).
+    import timm
+
+    inside, drew = threading.Event(), threading.Event()
+    real_create = timm.create_model
+
+    def create_while_the_other_thread_draws(*args, **kwargs):
+        if torch.empty(0).device.type != "meta":  # the real build, not the architecture probe
+            inside.set()
+            drew.wait()
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_while_the_other_thread_draws)
+    loader = threading.Thread(target=ImageExpert(tiny_image_model, pretrained=False)._get_model, args=("cpu",))
+    seen = {}
+
+    def other_thread():
+        torch.manual_seed(7)
+        loader.start()
+        inside.wait()
+        first = torch.rand(8)
+        drew.set()
+        loader.join()
+        seen["draws"] = torch.cat([first, torch.rand(8)])
+
+    drawer = threading.Thread(target=other_thread)
+    drawer.start()
+    drawer.join()
+    torch.manual_seed(7)
+    torch.testing.assert_close(seen["draws"], torch.rand(16), rtol=0, atol=0)
+
+
 def test_optuna_search_in_threads_is_reproducible():
     optuna = pytest.importorskip("optuna")
     from optuna.distributions import FloatDistribution

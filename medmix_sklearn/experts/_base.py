@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
+import inspect
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -347,26 +349,61 @@ def _without_tf32(device: str, precision: str):
                  torch.backends.cudnn.allow_tf32) = _TF32_STATE["saved"]
 
 
-# One third-party constructor at a time: two that overlapped would each restore
-# the process-wide generator to a state the other had saved.
-_CONSTRUCTOR_LOCK = threading.Lock()
+# Random functions that take no ``generator`` keyword in their signature as
+# Python sees it (tensor methods and torch builtins); the rest are found by signature.
+_RANDOM_BUILTINS = (
+    "Tensor.uniform_", "Tensor.normal_", "Tensor.bernoulli_", "Tensor.random_", "Tensor.exponential_",
+    "Tensor.geometric_", "Tensor.log_normal_", "Tensor.cauchy_", "rand", "randn", "randint", "randperm",
+    "normal", "bernoulli", "multinomial",
+)
+
+
+@functools.cache
+def _random_builtins() -> frozenset:
+    import torch
+
+    return frozenset(getattr(torch.Tensor, n[len("Tensor."):]) if n.startswith("Tensor.") else getattr(torch, n)
+                     for n in _RANDOM_BUILTINS)
+
+
+@functools.cache
+def _draws_randomly(func) -> bool:
+    """Whether the torch function ``func`` takes a ``generator`` (so draws random numbers)."""
+    if func in _random_builtins():
+        return True
+    try:
+        return "generator" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
 def _isolated_global_rng():
-    """Run a third-party model constructor (timm's, open_clip's) that draws from torch's
-    process-wide generator, and put the generator back as it was.
+    """Run a third-party model constructor (timm's, open_clip's) without touching torch's
+    process-wide generator.
 
-    Constructors of our own build on the meta device instead and draw nothing
-    (see ``VolumeExpert``). The weights drawn inside are thrown away:
-    :func:`_init_weights` draws them again from a generator of the expert's own.
-    A thread outside medmix_sklearn drawing from the process-wide generator
-    meanwhile still sees the constructor's draws: the guarantee is only that
-    the generator ends where it started.
+    Within the block, every torch call of this thread that draws random numbers
+    (``nn.init.*``, ``Tensor.uniform_``, ``torch.randn``, ...) without a
+    generator of its own draws from a private one instead, through a
+    ``TorchFunctionMode``, which is thread-local: other threads, and their draws
+    from the process-wide generator, are not affected. Constructors of our own
+    build on the meta device and draw nothing (see ``VolumeExpert``). The
+    weights drawn inside are thrown away anyway: :func:`_init_weights` draws
+    them again from a generator of the expert's own.
     """
     import torch
+    from torch.overrides import TorchFunctionMode
 
-    with _CONSTRUCTOR_LOCK, torch.random.fork_rng(devices=[]):
+    private = torch.Generator().manual_seed(0)
+
+    class _PrivateGenerator(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if kwargs.get("generator") is None and _draws_randomly(func):
+                kwargs["generator"] = private
+            return func(*args, **kwargs)
+
+    with _PrivateGenerator():
         yield
 
 
